@@ -1,0 +1,63 @@
+"""Settings, read once from ``TASKHUB_*`` environment variables.
+
+Every knob has a default so a fresh checkout runs with no configuration; the
+README lists them all. Durations are given in seconds in the environment and
+kept in milliseconds here, because every Lua script works in milliseconds.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+Clock = Callable[[], int]
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the epoch; scripts never read Redis TIME (engine.md §4)."""
+    return int(time.time() * 1000)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw not in (None, "") else default
+
+
+def _env_seconds_ms(name: str, default_s: float) -> int:
+    raw = os.environ.get(name)
+    return int(float(raw) * 1000) if raw not in (None, "") else int(default_s * 1000)
+
+
+@dataclass
+class Settings:
+    """Engine configuration; tests build one directly with small numbers."""
+
+    namespace: str = "taskhub"
+    claim_ttl_ms: int = 300_000
+    run_ttl_ms: int = 1_800_000
+    server_offline_after_ms: int = 300_000
+    reassign_after_ms: int = 3_600_000
+    retry_base_ms: int = 30_000
+    retry_cap_ms: int = 3_600_000
+    sweep_batch: int = 100
+    events_maxlen: int = 100_000
+    max_request_tasks: int = 10_000
+    admin_token: str = ""
+    clock: Clock = field(default=wall_clock_ms)
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        return cls(
+            namespace=os.environ.get("TASKHUB_NAMESPACE", "taskhub"),
+            claim_ttl_ms=_env_seconds_ms("TASKHUB_CLAIM_TTL", 300),
+            run_ttl_ms=_env_seconds_ms("TASKHUB_RUN_TTL", 1800),
+            server_offline_after_ms=_env_seconds_ms("TASKHUB_SERVER_OFFLINE_AFTER", 300),
+            reassign_after_ms=_env_seconds_ms("TASKHUB_REASSIGN_AFTER", 3600),
+            retry_base_ms=_env_seconds_ms("TASKHUB_RETRY_BASE", 30),
+            retry_cap_ms=_env_seconds_ms("TASKHUB_RETRY_CAP", 3600),
+            sweep_batch=_env_int("TASKHUB_SWEEP_BATCH", 100),
+            events_maxlen=_env_int("TASKHUB_EVENTS_MAXLEN", 100_000),
+            max_request_tasks=_env_int("TASKHUB_MAX_REQUEST_TASKS", 10_000),
+            admin_token=os.environ.get("TASKHUB_ADMIN_TOKEN", ""),
+        )

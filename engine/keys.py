@@ -1,0 +1,92 @@
+"""Every Redis key name, built in one place (see ``engine/KEYS.md`` for types and writers).
+
+All stacking keys share the hash tag ``{stacking}`` so every script touches one
+cluster slot. Scripts that must derive per-task or per-folder keys receive the
+tagged prefix (``Keys.prefix``) as ``ARGV[1]`` and append the same suffixes
+written here; ``engine/lua/includes/keys.lua`` mirrors this file.
+"""
+from __future__ import annotations
+
+
+class Keys:
+    """Key builder for one namespace (tests give each test its own namespace)."""
+
+    def __init__(self, namespace: str, tag: str = "stacking") -> None:
+        self.prefix = f"{namespace}:{{{tag}}}:"
+
+    def _k(self, suffix: str) -> str:
+        return self.prefix + suffix
+
+    # tasks, folders, requests
+    def task(self, task_id: str) -> str:
+        return self._k(f"t:{task_id}")
+
+    def folder(self, folder_id: str) -> str:
+        return self._k(f"f:{folder_id}")
+
+    def folder_ready(self, phase: int, folder_id: str) -> str:
+        return self._k(f"fr:{phase}:{folder_id}")
+
+    def folder_counts(self, folder_id: str) -> str:
+        return self._k(f"fc:{folder_id}")
+
+    def folder_server_counts(self, folder_id: str, server_id: str) -> str:
+        return self._k(f"fs:{folder_id}:{server_id}")
+
+    def unbound(self, phase: int) -> str:
+        return self._k(f"fu:{phase}")
+
+    def bound(self, phase: int, server_id: str) -> str:
+        return self._k(f"fb:{phase}:{server_id}")
+
+    def server_folders(self, server_id: str) -> str:
+        return self._k(f"sf:{server_id}")
+
+    def request(self, request_id: str) -> str:
+        return self._k(f"r:{request_id}")
+
+    def request_counts(self, request_id: str) -> str:
+        return self._k(f"rc:{request_id}")
+
+    def request_folders(self, request_id: str) -> str:
+        return self._k(f"rf:{request_id}")
+
+    @property
+    def requests(self) -> str:
+        return self._k("requests")
+
+    # leases, retries, counters, events
+    @property
+    def claim_leases(self) -> str:
+        return self._k("lease:claim")
+
+    @property
+    def run_leases(self) -> str:
+        return self._k("lease:run")
+
+    @property
+    def retries(self) -> str:
+        return self._k("retry")
+
+    @property
+    def stats(self) -> str:
+        return self._k("stats")
+
+    @property
+    def events(self) -> str:
+        return self._k("events")
+
+    @property
+    def seq(self) -> str:
+        return self._k("seq")
+
+    # servers
+    def server(self, server_id: str) -> str:
+        return self._k(f"s:{server_id}")
+
+    def server_key(self, key_hash: str) -> str:
+        return self._k(f"skey:{key_hash}")
+
+    @property
+    def servers(self) -> str:
+        return self._k("servers")

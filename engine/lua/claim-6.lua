@@ -1,0 +1,105 @@
+--[[ claim-6: pull-and-claim up to `limit` ready tasks for one server.
+
+Order: phase 2 before phase 1 (finishing started folders beats starting new
+ones); within a phase, the caller's bound folders first, then unbound folders
+(oldest request first), which the claim binds to the caller. Each returned task
+is reserved for the caller (own = server) with a claim lease; its status stays
+register/connect until start. A task claimed by a new server moves its
+per-folder-per-server counters (connect-status) to that server.
+Before claiming, a bounded sweep returns lapsed claims and fails lapsed runs.
+Work: limit tasks + the folders touched + sweep batch.
+
+KEYS[1] fu:1          unbound folders with ready phase-1 tasks (zset, score folder seq)
+KEYS[2] fu:2          unbound folders with ready phase-2 tasks
+KEYS[3] fb:1:<server> caller's bound folders with ready phase-1 tasks
+KEYS[4] fb:2:<server> caller's bound folders with ready phase-2 tasks
+KEYS[5] lease:claim   claim leases (zset task -> deadline ms)
+KEYS[6] lease:run     run leases (zset task -> deadline ms), for the sweep
+ARGV[1] K             tagged key prefix; derived keys: t:, f:, fr:, fs:, sf:, s:, retry, counters
+ARGV[2] now           ms
+ARGV[3] maxlen        event stream cap
+ARGV[4] server id
+ARGV[5] limit         1..1000
+ARGV[6] phases        "21" (both, phase 2 first), "1" or "2"
+ARGV[7] claim ttl     ms
+ARGV[8] sweep batch   max lapsed leases handled per call
+ARGV[9] run ttl       ms; ARGV[10] retry base ms; ARGV[11] retry cap ms
+Returns: array of task JSON objects (strings), in claim order.
+Events: one per task failed by the sweep; claims do not change status and write none.
+]]
+local K, NOW, MAXLEN = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local sid, limit, phases = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local claim_ttl, batch = tonumber(ARGV[7]), tonumber(ARGV[8])
+local run_ttl, base, cap = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
+-- @include common
+-- @include lifecycle
+-- @include failure
+-- @include sweep
+
+if batch > 0 then
+  lapse_claims(batch)
+  lapse_runs(batch, run_ttl, base, cap)
+end
+
+local out = {}
+local need = limit
+local deadline = NOW + claim_ttl
+local leases = {}
+
+-- Claim up to `need` tasks from the folders in `index`; bind them when `bind`.
+local function drain(index, phase, bind)
+  local want = (phase == 1) and 'register' or 'connect'
+  local tailf = (phase == 1) and 't1' or 't2'
+  while need > 0 do
+    local first = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
+    if #first == 0 then return end
+    local fid, fseq = first[1], first[2]
+    local rk = K .. 'fr:' .. phase .. ':' .. fid
+    local popped = redis.call('ZPOPMIN', rk, need)
+    redis.call('ZREM', index, fid)
+    if bind then
+      redis.call('HSET', K .. 'f:' .. fid, 'srv', sid)
+      redis.call('SADD', K .. 'sf:' .. sid, fid)
+    end
+    if redis.call('EXISTS', rk) == 1 then
+      -- folder still has ready tasks: keep it indexed, now under the caller
+      redis.call('ZADD', bind and KEYS[2 + phase] or index, fseq, fid)
+    end
+    local moved = {}
+    for i = 1, #popped, 2 do
+      local tid = popped[i]
+      local v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'h', tailf, 'lp', 'cl', 'asg')
+      if v[1] == want then
+        local body = '{' .. v[2] .. ',"status":"' .. want .. '",' .. v[3] .. ',"link_post":' .. v[4]
+        if phase == 2 then body = body .. ',"connect_links":' .. v[5] end
+        out[#out + 1] = body .. '}'
+        local asg = v[6] or ''
+        if asg ~= sid then
+          if asg ~= '' then redis.call('HINCRBY', K .. 'fs:' .. fid .. ':' .. asg, want, -1) end
+          moved[#moved + 1] = tid
+          redis.call('HSET', K .. 't:' .. tid, 'own', sid, 'asg', sid)
+        else
+          redis.call('HSET', K .. 't:' .. tid, 'own', sid)
+        end
+        leases[#leases + 1] = deadline
+        leases[#leases + 1] = tid
+        need = need - 1
+      end
+    end
+    if #moved > 0 then
+      redis.call('HINCRBY', K .. 'fs:' .. fid .. ':' .. sid, want, #moved)
+    end
+  end
+end
+
+for p in string.gmatch(phases, '%d') do
+  local phase = tonumber(p)
+  drain(KEYS[2 + phase], phase, false)
+  drain(KEYS[phase], phase, true)
+end
+
+-- ZADD in chunks: Lua's unpack has a stack limit of a few thousand values.
+for i = 1, #leases, 1000 do
+  redis.call('ZADD', KEYS[5], unpack(leases, i, math.min(i + 999, #leases)))
+end
+return out

@@ -1,0 +1,40 @@
+--[[ complete-2: the running server reports success.
+
+registering -> profiled (link_post required; may fire the folder barrier, which
+moves every profiled task of the folder to connect, or to completed in mode
+"disable"); connecting -> completed (link_post optional, replaces the stored one).
+Checks before any write: exists, status registering/connecting, caller owns it,
+link_post present in phase 1.
+KEYS[1] t:<task>     task hash
+KEYS[2] lease:run    run leases
+ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] server id
+ARGV[5] link_post, JSON-encoded ('' = not given)   ARGV[6] note
+Derived keys: fp:<folder>, f:<folder>, r:<request>, counters, fr:2:, fu:2/fb:2: (barrier).
+Returns {"ok"} | {"not_found"} | {"bad_state", status} | {"not_task_owner", status}
+        | {"link_post_required", status}
+Events: one for this task, plus one per task the barrier moves.
+]]
+local K, NOW, MAXLEN = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local sid, lp, note = ARGV[4], ARGV[5], ARGV[6]
+-- @include common
+-- @include lifecycle
+
+local tid = string.sub(KEYS[1], #K + 3)
+local t = load_task(tid)
+if not t then return {'not_found'} end
+if t.st ~= 'registering' and t.st ~= 'connecting' then return {'bad_state', t.st} end
+if t.own ~= sid then return {'not_task_owner', t.st} end
+if t.st == 'registering' and lp == '' then return {'link_post_required', t.st} end
+
+redis.call('ZREM', KEYS[2], tid)
+redis.call('HSET', KEYS[1], 'own', '', 'note', note, 'done_at', NOW)
+if lp ~= '' then redis.call('HSET', KEYS[1], 'lp', lp) end
+if t.st == 'registering' then
+  set_status(t, 'profiled', sid)
+  redis.call('ZADD', K .. 'fp:' .. t.fo, t.seq, tid)
+  leave_phase1(t.fo, sid)
+else
+  set_status(t, 'completed', sid)
+  task_terminal(t)
+end
+return {'ok'}

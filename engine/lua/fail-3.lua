@@ -1,0 +1,28 @@
+--[[ fail-3: the running server reports failure: registering -> profile_failed,
+connecting -> connect_failed, and the task is queued for the retry manager
+(due after backoff base * 2^retry_count capped at cap, or at once when out of
+retries, so the retry script can mark it final_failed).
+Checks before any write: exists, status registering/connecting, caller owns it.
+KEYS[1] t:<task>    task hash
+KEYS[2] lease:run   run leases
+KEYS[3] retry       retry schedule (zset task -> due ms)
+ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] server id
+ARGV[5] error_message  ARGV[6] note  ARGV[7] retry base ms  ARGV[8] retry cap ms
+Returns {"ok"} | {"not_found"} | {"bad_state", status} | {"not_task_owner", status}
+Events: one.
+]]
+local K, NOW, MAXLEN = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local sid, message, note = ARGV[4], ARGV[5], ARGV[6]
+local base, cap = tonumber(ARGV[7]), tonumber(ARGV[8])
+-- @include common
+-- @include failure
+
+local tid = string.sub(KEYS[1], #K + 3)
+local t = load_task(tid)
+if not t then return {'not_found'} end
+if t.st ~= 'registering' and t.st ~= 'connecting' then return {'bad_state', t.st} end
+if t.own ~= sid then return {'not_task_owner', t.st} end
+
+redis.call('HSET', KEYS[1], 'note', note)
+fail_task(t, message, sid, base, cap)
+return {'ok'}

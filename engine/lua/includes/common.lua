@@ -1,0 +1,54 @@
+-- common: statuses, the task loader, counters and events. Every status change of
+-- every stacking script goes through set_status, so the task hash, the counters
+-- that mirror it and the event stream can never disagree.
+-- Needs locals K (tagged key prefix, ARGV[1]), NOW (ms, ARGV[2]) and
+-- MAXLEN (event stream cap, ARGV[3]) defined before the include.
+-- Derived keys: t:<task>, fc:<folder>, rc:<request>, fs:<folder>:<server>,
+-- stats, events (all under K, so all under the script's hash tag).
+
+local PHASE1 = {pending = true, queued = true, running = true,
+                register = true, registering = true, profile_failed = true}
+local TERMINAL = {completed = true, final_failed = true, cancel = true}
+
+-- The fields scripts decide on; nil when the task does not exist.
+local function load_task(tid)
+  local v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'fo', 'req', 'asg', 'own', 'seq', 'rc', 'mr')
+  if not v[1] then return nil end
+  return {id = tid, st = v[1], fo = v[2], req = v[3], asg = v[4] or '', own = v[5] or '',
+          seq = v[6], rc = tonumber(v[7]) or 0, mr = tonumber(v[8]) or 0}
+end
+
+-- Apply `delta` to status `st` in every counter that mirrors task statuses.
+local function count(fid, rid, asg, st, delta)
+  redis.call('HINCRBY', K .. 'fc:' .. fid, st, delta)
+  redis.call('HINCRBY', K .. 'rc:' .. rid, st, delta)
+  redis.call('HINCRBY', K .. 'stats', st, delta)
+  if asg ~= '' then redis.call('HINCRBY', K .. 'fs:' .. fid .. ':' .. asg, st, delta) end
+end
+
+local function emit(tid, old, new, actor)
+  redis.call('XADD', K .. 'events', 'MAXLEN', '~', MAXLEN, '*',
+             'task', tid, 'from', old, 'to', new, 'by', actor, 'at', NOW)
+end
+
+-- The one way a task changes status: hash, counters, event.
+local function set_status(t, new, actor)
+  redis.call('HSET', K .. 't:' .. t.id, 'st', new, 'ua', NOW)
+  count(t.fo, t.req, t.asg, t.st, -1)
+  count(t.fo, t.req, t.asg, new, 1)
+  emit(t.id, t.st, new, actor)
+  t.st = new
+end
+
+-- Put a task into its folder's ready set for `phase` and the folder into the
+-- claim index: its bound server's set, or the unbound set.
+local function make_ready(t, phase)
+  redis.call('ZADD', K .. 'fr:' .. phase .. ':' .. t.fo, t.seq, t.id)
+  local f = redis.call('HMGET', K .. 'f:' .. t.fo, 'srv', 'seq')
+  local srv = f[1] or ''
+  if srv ~= '' then
+    redis.call('ZADD', K .. 'fb:' .. phase .. ':' .. srv, f[2], t.fo)
+  else
+    redis.call('ZADD', K .. 'fu:' .. phase, f[2], t.fo)
+  end
+end

@@ -1,0 +1,14 @@
+-- failure: a running task fails (worker report or lease lapse) and is handed to
+-- the retry manager. Needs common. Derived keys: lease:run, retry, t:<task>.
+
+-- t.st must be registering or connecting. base/cap: backoff in ms.
+local function fail_task(t, message, actor, base, cap)
+  local new = 'connect_failed'
+  if t.st == 'registering' then new = 'profile_failed' end
+  redis.call('HSET', K .. 't:' .. t.id, 'err', message, 'own', '', 'failed_at', NOW)
+  redis.call('ZREM', K .. 'lease:run', t.id)
+  set_status(t, new, actor)
+  local due = NOW
+  if t.rc < t.mr then due = NOW + math.min(cap, base * 2 ^ t.rc) end
+  redis.call('ZADD', K .. 'retry', due, t.id)
+end

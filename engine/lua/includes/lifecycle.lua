@@ -1,0 +1,73 @@
+-- lifecycle: the folder barrier, terminal bookkeeping and request status.
+-- Needs the common include. Derived keys: f:<folder>, fp:<folder>, r:<request>,
+-- plus those of make_ready/set_status.
+
+-- A task reached completed/final_failed/cancel: close it in folder and request.
+local function task_terminal(t)
+  redis.call('HINCRBY', K .. 'f:' .. t.fo, 'open', -1)
+  local open = redis.call('HINCRBY', K .. 'r:' .. t.req, 'open', -1)
+  if open == 0 then
+    redis.call('HSET', K .. 'r:' .. t.req, 'st', 'completed', 'done_at', NOW)
+  end
+end
+
+-- connect_links of the i-th of n profiled files (lps: pre-encoded JSON strings).
+local function links_for(mode, lps, i)
+  local n = #lps
+  if mode == 'ring' then
+    if n < 2 then return '[]' end
+    return '[' .. lps[(i % n) + 1] .. ']'
+  elseif mode == 'all' then
+    local out = {}
+    for j = 1, n do
+      if j ~= i then
+        out[#out + 1] = lps[j]
+        if #out == 150 then break end
+      end
+    end
+    return '[' .. table.concat(out, ',') .. ']'
+  elseif mode == 'wheel' then
+    if i == 1 then return '[]' end
+    return '[' .. lps[1] .. ']'
+  end
+  -- chain (default)
+  if i == n then return '[]' end
+  return '[' .. lps[i + 1] .. ']'
+end
+
+-- Every task of the folder has left phase 1: move all profiled tasks on, at once.
+-- Work is bounded by the folder's size (at most one request's tasks).
+local function barrier(fid, actor)
+  local fk = K .. 'f:' .. fid
+  local f = redis.call('HMGET', fk, 'req', 'mode')
+  local rid, mode = f[1], f[2]
+  redis.call('HSET', fk, 'phase', '2')
+  local rk = K .. 'r:' .. rid
+  if redis.call('HINCRBY', rk, 'p1f', -1) == 0 and redis.call('HGET', rk, 'st') == 'register' then
+    redis.call('HSET', rk, 'st', 'connecting')
+  end
+  local ids = redis.call('ZRANGE', K .. 'fp:' .. fid, 0, -1)
+  redis.call('DEL', K .. 'fp:' .. fid)
+  local lps, tasks = {}, {}
+  for i, tid in ipairs(ids) do
+    tasks[i] = load_task(tid)
+    lps[i] = redis.call('HGET', K .. 't:' .. tid, 'lp')
+  end
+  for i, t in ipairs(tasks) do
+    if mode == 'disable' then
+      set_status(t, 'completed', actor)
+      task_terminal(t)
+    else
+      redis.call('HSET', K .. 't:' .. t.id, 'cl', links_for(mode, lps, i), 'ph', '2')
+      set_status(t, 'connect', actor)
+      make_ready(t, 2)
+    end
+  end
+end
+
+-- One task of the folder left phase 1 (profiled, final_failed or cancel).
+local function leave_phase1(fid, actor)
+  if redis.call('HINCRBY', K .. 'f:' .. fid, 'p1', -1) == 0 then
+    barrier(fid, actor)
+  end
+end

@@ -1,0 +1,58 @@
+"""Load the Lua scripts of ``engine/lua/`` once and run them by SHA.
+
+Conventions (after BullMQ's ``src/commands``): one operation per file, named
+``<verb>-<N>.lua`` where N is the number of KEYS; a line ``-- @include name``
+pastes ``includes/name.lua`` in its place. ``ScriptSet.run`` checks the key
+count against the file name, so changing a script's keys forces a rename.
+
+redis-py's ``Script`` does EVALSHA and reloads on NOSCRIPT (for example after a
+Redis restart or ``SCRIPT FLUSH``), which is exactly the behaviour we want.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import redis
+from redis.commands.core import Script
+
+LUA_DIR = Path(__file__).parent / "lua"
+_INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
+_NAME = re.compile(r"^(?P<verb>[a-z_]+)-(?P<nkeys>\d+)\.lua$")
+
+
+def render(path: Path, _seen: frozenset[str] = frozenset()) -> str:
+    """The script's source with its includes pasted in (each include once)."""
+    seen = set(_seen)
+
+    def paste(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in seen:
+            return ""
+        seen.add(name)
+        return render(LUA_DIR / "includes" / f"{name}.lua", frozenset(seen))
+
+    return _INCLUDE.sub(paste, path.read_text())
+
+
+class ScriptSet:
+    """All scripts, registered on one client; ``run(verb, keys, args)`` executes one."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._scripts: dict[str, tuple[int, Script]] = {}
+        for path in sorted(LUA_DIR.glob("*.lua")):
+            m = _NAME.match(path.name)
+            if not m:
+                raise ValueError(f"script file name must be <verb>-<nkeys>.lua: {path.name}")
+            self._scripts[m["verb"]] = (int(m["nkeys"]), client.register_script(render(path)))
+
+    def run(self, verb: str, keys: Sequence[str], args: Sequence[Any], client: Any = None) -> Any:
+        nkeys, script = self._scripts[verb]
+        if len(keys) != nkeys:
+            raise ValueError(f"{verb} takes {nkeys} keys, got {len(keys)}")
+        return script(keys=keys, args=args, client=client or self.client)
+
+    def verbs(self) -> list[str]:
+        return sorted(self._scripts)

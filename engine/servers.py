@@ -1,0 +1,142 @@
+"""Worker servers: creation (API key shown once, stored as a SHA-256), auth, heartbeat, status.
+
+A server hash ``s:<id>`` holds ``name``, ``services`` (comma list), ``st``
+(online/offline/maintenance/deleted), ``hb`` (last heartbeat, ms), ``kh`` (key
+hash), ``max_threads``, ``metrics`` (last heartbeat body, JSON) and ``ca``.
+"Online" as the API means it is derived, not stored: status ``online`` and a
+heartbeat within ``server_offline_after``. A new server has no heartbeat, so it
+must call ``/api/v1/worker/health`` before it can pull.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+
+import orjson
+
+from .core import Core
+from .errors import InvalidInput, InvalidKey, NotFound, ServerNotOnline, ServiceKeyMismatch, raise_for
+
+STACKING_SERVICES = frozenset({"stacking", "google_stacking"})
+OPERATOR_STATUSES = ("online", "offline", "maintenance")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated server, as the auth script saw it."""
+
+    id: str
+    status: str
+    services: frozenset[str]
+    heartbeat_ms: int
+    name: str
+
+
+def hash_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+class Servers:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.k = core.keys
+
+    def create(self, name: str, services: list[str] | None = None, max_threads: int = 10) -> dict:
+        """Create a server; the returned ``api_key`` is never stored and cannot be shown again."""
+        name = (name or "").strip()
+        if not name or len(name) > 200:
+            raise InvalidInput("name is required (at most 200 characters)")
+        services = [s.strip() for s in (services or ["stacking"]) if s and s.strip()]
+        if not services:
+            raise InvalidInput("at least one service is required")
+        if not isinstance(max_threads, int) or isinstance(max_threads, bool) or not 1 <= max_threads <= 100_000:
+            raise InvalidInput("max_threads must be an integer between 1 and 100000")
+        sid = uuid.uuid4().hex
+        api_key = "thk_" + secrets.token_urlsafe(32)
+        kh = hash_key(api_key)
+        now = self.core.now()
+        pipe = self.core.r.pipeline(transaction=True)  # writes only, no read: MULTI suffices
+        pipe.hset(self.k.server(sid), mapping={
+            "name": name, "services": ",".join(services), "st": "online", "hb": 0,
+            "kh": kh, "max_threads": max_threads, "metrics": "{}", "ca": now,
+        })
+        pipe.set(self.k.server_key(kh), sid)
+        pipe.zadd(self.k.servers, {sid: now})
+        pipe.execute()
+        return {"id": sid, "name": name, "services": services, "max_threads": max_threads, "api_key": api_key}
+
+    def authenticate(self, api_key: str | None) -> Caller:
+        """The server behind ``api_key``; raises InvalidKey (401) when unknown or deleted."""
+        if not api_key:
+            raise InvalidKey("invalid api key")
+        reply = self.core.run("auth", [self.k.server_key(hash_key(api_key))])
+        if not reply:
+            raise InvalidKey("invalid api key")
+        sid, st, services, hb, name = (v.decode() for v in reply)
+        return Caller(sid, st, frozenset(s for s in services.split(",") if s), int(hb), name)
+
+    def authorize_stacking(self, caller: Caller) -> None:
+        """403s of stacking.md, in order: wrong service, then not online."""
+        if not caller.services & STACKING_SERVICES:
+            raise ServiceKeyMismatch("api key does not belong to a server with service stacking or google_stacking")
+        fresh = self.core.now() - caller.heartbeat_ms <= self.core.settings.server_offline_after_ms
+        if caller.status != "online" or not fresh:
+            raise ServerNotOnline(
+                f"server is not online (status {caller.status}"
+                + ("" if fresh else ", no recent heartbeat")
+                + "); call POST /api/v1/worker/health first"
+            )
+
+    def heartbeat(self, caller: Caller, metrics: dict) -> dict:
+        """Record a heartbeat; returns the health response's ``data``."""
+        name = metrics.get("server_name") or ""
+        ip = metrics.get("ip") or ""
+        reply = raise_for(self.core.run(
+            "heartbeat", [self.k.server(caller.id)], orjson.dumps(metrics), str(name), str(ip)
+        ), "server")
+        return {"status": "ok", "server_id": caller.id, "server_name": reply[2].decode()}
+
+    def set_status(self, sid: str, status: str) -> str:
+        """Operator sets online/offline/maintenance; returns the previous status."""
+        if status not in OPERATOR_STATUSES:
+            raise InvalidInput(f"status must be one of {', '.join(OPERATOR_STATUSES)}")
+        return raise_for(self.core.run("set_server_status", [self.k.server(sid)], status), "server")[1].decode()
+
+    def delete(self, sid: str) -> None:
+        raise_for(self.core.run("set_server_status", [self.k.server(sid)], "deleted"), "server")
+
+    def get(self, sid: str) -> dict:
+        raw = self.core.r.hgetall(self.k.server(sid))
+        if not raw or raw.get(b"st") == b"deleted":
+            raise NotFound("server not found")
+        return self._render(sid, raw)
+
+    def list(self, limit: int = 1000) -> list[dict]:
+        """Servers, oldest first, at most ``limit`` (no unbounded lists)."""
+        ids = [i.decode() for i in self.core.r.zrange(self.k.servers, 0, limit - 1)]
+        pipe = self.core.r.pipeline(transaction=False)
+        for sid in ids:
+            pipe.hgetall(self.k.server(sid))
+        return [self._render(sid, raw) for sid, raw in zip(ids, pipe.execute()) if raw.get(b"st") != b"deleted"]
+
+    def _render(self, sid: str, raw: dict[bytes, bytes]) -> dict:
+        f = {k.decode(): v.decode() for k, v in raw.items()}
+        metrics = orjson.loads(f.get("metrics") or "{}")
+        hb = int(f.get("hb") or 0)
+        fresh = hb and self.core.now() - hb <= self.core.settings.server_offline_after_ms
+        active = int(metrics.get("active_tasks") or 0) if isinstance(metrics.get("active_tasks"), (int, float)) else 0
+        max_threads = int(f.get("max_threads") or 0)
+        return {
+            "id": sid,
+            "name": f.get("name", ""),
+            "services": [s for s in f.get("services", "").split(",") if s],
+            "status": f.get("st", ""),
+            "online": bool(f.get("st") == "online" and fresh),
+            "last_heartbeat_ms": hb or None,
+            "max_threads": max_threads,
+            "active_tasks": active,
+            "free_slots": max(0, max_threads - active),
+            "metrics": metrics,
+        }
