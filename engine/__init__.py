@@ -7,5 +7,6 @@ from .config import Settings
 from .core import Core
 from .servers import Servers
 from .stacking import Stacking
+from .service import Engine
 
-__all__ = ["Core", "Servers", "Settings", "Stacking"]
+__all__ = ["Core", "Engine", "Servers", "Settings", "Stacking"]

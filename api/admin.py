@@ -1,0 +1,90 @@
+"""Operator endpoints (stacking.md "Operator side"), under ``/api/v1/admin``.
+
+Auth: ``Authorization: Bearer <TASKHUB_ADMIN_TOKEN>``. Decided: with no token
+configured, the admin API answers only clients on loopback, so a fresh install
+works on one machine without exposing operator power to the network.
+Same envelope as the stacking contract.
+"""
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from engine.errors import InvalidInput
+
+from .http import JSON, MAX_BULK_BODY, Forbidden, Unauthorized, read_json
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost", "testclient")
+
+
+def _operator(request: Request):
+    eng = request.app.state.engine
+    token = eng.core.settings.admin_token
+    if token:
+        given = request.headers.get("authorization", "")
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
+            raise Unauthorized("invalid admin token")
+    elif not request.client or request.client.host not in LOOPBACK:
+        raise Forbidden("TASKHUB_ADMIN_TOKEN is not set: the admin API only answers loopback clients")
+    request.state.caller = "operator"
+    return eng
+
+
+async def create_server(request: Request) -> JSON:
+    eng = _operator(request)
+    body = await read_json(request)
+    max_threads = body.get("max_threads", 10)
+    services = body.get("services", ["stacking"])
+    if isinstance(services, str):
+        services = services.split(",")
+    if not isinstance(services, list) or not all(isinstance(s, str) for s in services):
+        raise InvalidInput("services must be a list of strings")
+    name = body.get("name")
+    if not isinstance(name, str):
+        raise InvalidInput("name is required")
+    return JSON({"success": True, "data": eng.servers.create(name, services, max_threads)}, status_code=201)
+
+
+async def list_servers(request: Request) -> JSON:
+    return JSON({"success": True, "data": _operator(request).servers.list()})
+
+
+async def get_server(request: Request) -> JSON:
+    return JSON({"success": True, "data": _operator(request).servers.get(request.path_params["server_id"])})
+
+
+async def set_server_status(request: Request) -> JSON:
+    eng = _operator(request)
+    body = await read_json(request)
+    sid = request.path_params["server_id"]
+    previous = eng.servers.set_status(sid, body.get("status"))
+    return JSON({"success": True, "data": {"id": sid, "status": body["status"], "previous": previous}})
+
+
+async def delete_server(request: Request) -> JSON:
+    _operator(request).servers.delete(request.path_params["server_id"])
+    return JSON({"success": True})
+
+
+async def create_request(request: Request) -> JSON:
+    eng = _operator(request)
+    body = await read_json(request, limit=MAX_BULK_BODY)
+    return JSON({"success": True, "data": eng.stacking.create_request(body)}, status_code=201)
+
+
+async def get_request(request: Request) -> JSON:
+    return JSON({"success": True, "data": _operator(request).stacking.request(request.path_params["request_id"])})
+
+
+BULK_PREFIXES = ("/api/v1/admin/stacking/requests",)
+routes = [
+    Route("/api/v1/admin/servers", create_server, methods=["POST"]),
+    Route("/api/v1/admin/servers", list_servers, methods=["GET"]),
+    Route("/api/v1/admin/servers/{server_id}", get_server, methods=["GET"]),
+    Route("/api/v1/admin/servers/{server_id}", delete_server, methods=["DELETE"]),
+    Route("/api/v1/admin/servers/{server_id}/status", set_server_status, methods=["POST"]),
+    Route("/api/v1/admin/stacking/requests", create_request, methods=["POST"]),
+    Route("/api/v1/admin/stacking/requests/{request_id}", get_request, methods=["GET"]),
+]

@@ -1,0 +1,77 @@
+"""The Starlette application: routes of every contract, one error table per contract.
+
+``create_app(engine)`` is used by tests (fakeredis or a real Redis);
+``app`` (module attribute, built lazily by uvicorn's ``--factory``) uses
+``REDIS_URL`` or the embedded Redis.
+"""
+from __future__ import annotations
+
+import logging
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Scope
+
+from engine import Engine
+from engine.errors import EngineError, InvalidInput, NotFound
+
+from . import admin, stacking
+from .http import AccessLog, BodyLimit, JSON
+
+log = logging.getLogger("taskhub.api")
+
+# Path prefix -> the contract whose envelope an error on that path uses.
+CONTRACTS = (
+    ("/api/v1/", stacking.error_response),
+)
+
+
+def render_error(scope: Scope, exc: EngineError) -> Response:
+    for prefix, render in CONTRACTS:
+        if scope["path"].startswith(prefix):
+            return render(exc)
+    return stacking.error_response(exc)
+
+
+async def on_engine_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, EngineError)
+    return render_error(request.scope, exc)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return render_error(request.scope, NotFound("no such endpoint"))
+    response = render_error(request.scope, InvalidInput(str(exc.detail)))
+    response.status_code = exc.status_code
+    return response
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    response = render_error(request.scope, EngineError("internal error"))
+    response.status_code = 500
+    return response
+
+
+def create_app(engine: Engine | None = None) -> Starlette:
+    app = Starlette(
+        routes=[*stacking.routes, *admin.routes],
+        middleware=[Middleware(AccessLog), Middleware(BodyLimit, render=render_error,
+                                                      bulk_prefixes=admin.BULK_PREFIXES)],
+        exception_handlers={EngineError: on_engine_error, HTTPException: on_http_error, Exception: on_unexpected},
+    )
+    app.state.engine = engine or Engine.from_env()
+    return app
+
+
+def main_app() -> Starlette:
+    """uvicorn factory: ``uvicorn --factory api.app:main_app``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return create_app()
+
+
+__all__ = ["create_app", "main_app", "JSON"]

@@ -1,0 +1,111 @@
+"""HTTP plumbing shared by the contracts: JSON bodies, size limits, access log.
+
+Both middlewares are plain ASGI (no ``BaseHTTPMiddleware``): they add a few
+microseconds per request, which matters for the single start/complete path.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Awaitable, Callable
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from engine.errors import EngineError, InvalidInput
+
+MAX_BODY = 1024 * 1024  # spec: bodies over 1 MiB -> 413
+MAX_BULK_BODY = 64 * 1024 * 1024  # bulk imports (documented in the README)
+access_log = logging.getLogger("taskhub.access")
+
+
+class PayloadTooLarge(EngineError):
+    code = "payload_too_large"
+
+
+class Unauthorized(EngineError):
+    code = "unauthorized"
+
+
+class Forbidden(EngineError):
+    code = "forbidden"
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return content if isinstance(content, bytes) else orjson.dumps(content)
+
+
+async def read_json(request: Request, limit: int = MAX_BODY, required: bool = True) -> Any:
+    """The request body as JSON; ``{}`` for an empty optional body. Raises InvalidInput/PayloadTooLarge."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+    if not body.strip():
+        if required:
+            raise InvalidInput("a JSON body is required")
+        return {}
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("the JSON body must be an object")
+    return data
+
+
+ErrorRenderer = Callable[[Request, Exception], Awaitable[Response]]
+
+
+class BodyLimit:
+    """Refuse a declared Content-Length over the limit before any handler runs."""
+
+    def __init__(self, app: ASGIApp, render: Callable[[Scope, EngineError], Response],
+                 bulk_prefixes: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.render = render
+        self.bulk_prefixes = bulk_prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            limit = MAX_BULK_BODY if scope["path"].startswith(self.bulk_prefixes) else MAX_BODY
+            for name, value in scope["headers"]:
+                if name == b"content-length" and value.isdigit() and int(value) > limit:
+                    await self.render(scope, PayloadTooLarge(f"request body exceeds {limit} bytes"))(
+                        scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+class AccessLog:
+    """One line per request: method, path, status, duration, caller (never a key or token)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            if access_log.isEnabledFor(logging.INFO):
+                caller = scope.get("state", {}).get("caller", "-")
+                access_log.info("%s %s %d %.1fms %s", scope["method"], scope["path"], status,
+                                (time.perf_counter() - started) * 1000, caller)

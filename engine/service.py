@@ -1,0 +1,30 @@
+"""``Engine``: every contract's operations on one Redis, as the API and workers use them."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import redis
+
+from .config import Settings
+from .connection import connect
+from .core import Core
+from .servers import Servers
+from .stacking import Stacking
+
+
+class Engine:
+    def __init__(self, client: redis.Redis, settings: Settings | None = None) -> None:
+        self.core = Core(client, settings)
+        self.servers = Servers(self.core)
+        self.stacking = Stacking(self.core)
+
+    @classmethod
+    def from_env(cls) -> "Engine":
+        """``REDIS_URL`` or the embedded Redis, settings from ``TASKHUB_*``."""
+        return cls(connect(), Settings.from_env())
+
+    def iso_now(self) -> str:
+        """The engine clock as ISO 8601 UTC (``server_time`` of the health response)."""
+        ms = self.core.now()
+        return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace(
+            "+00:00", "Z")

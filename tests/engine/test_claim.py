@@ -1,0 +1,107 @@
+import threading
+
+import orjson
+import pytest
+
+from engine.errors import InvalidInput
+from tests.helpers import ids, online_server, request_doc
+
+SEED_FIELDS = ["id", "request_id", "status", "domain", "website", "title", "about", "phone",
+               "address", "location", "image_url", "folder_id", "link_post"]
+
+
+def test_claim_returns_seed_fields_in_seed_order(engine):
+    caller, _ = online_server(engine)
+    req = engine.stacking.create_request(request_doc(tasks=2))
+    tasks = [orjson.loads(t) for t in engine.stacking.claim(caller.id, 5)]
+    assert len(tasks) == 2
+    for t in tasks:
+        assert list(t) == SEED_FIELDS
+        assert t["status"] == "register" and t["link_post"] == "" and t["request_id"] == req["request_id"]
+        assert t["about"] == "<p>Hello <b>world</b></p>"
+        assert t["folder_id"] == "F0"
+
+
+def test_claimed_tasks_are_not_handed_out_again(engine):
+    a, _ = online_server(engine, "a")
+    b, _ = online_server(engine, "b")
+    engine.stacking.create_request(request_doc(folders=2, tasks=3))
+    first = ids(engine.stacking.claim(a.id, 4))
+    second = ids(engine.stacking.claim(b.id, 10))
+    assert len(first) == 4 and not set(first) & set(second)
+
+
+def test_limit_and_status_are_validated(engine):
+    caller, _ = online_server(engine)
+    for bad in (0, 1001, -1, True, "5"):
+        with pytest.raises(InvalidInput):
+            engine.stacking.claim(caller.id, bad)
+    with pytest.raises(InvalidInput):
+        engine.stacking.claim(caller.id, 5, "registering")
+
+
+def test_status_connect_returns_no_phase1_tasks(engine):
+    caller, _ = online_server(engine)
+    engine.stacking.create_request(request_doc())
+    assert engine.stacking.claim(caller.id, 5, "connect") == []
+    assert len(engine.stacking.claim(caller.id, 5, "register")) == 3
+
+
+def test_folder_is_bound_to_first_claimer(engine):
+    a, _ = online_server(engine, "a")
+    b, _ = online_server(engine, "b")
+    engine.stacking.create_request(request_doc(folders=1, tasks=4))
+    assert len(engine.stacking.claim(a.id, 1)) == 1
+    assert engine.stacking.claim(b.id, 10) == []  # the rest of F0 belongs to a
+    assert len(engine.stacking.claim(a.id, 10)) == 3
+
+
+def test_oldest_request_first(engine):
+    caller, _ = online_server(engine)
+    old = engine.stacking.create_request(request_doc(prefix="OLD"))
+    engine.stacking.create_request(request_doc(prefix="NEW"))
+    got = [orjson.loads(t)["request_id"] for t in engine.stacking.claim(caller.id, 3)]
+    assert got == [old["request_id"]] * 3
+
+
+def test_claim_lapse_makes_task_claimable_again_without_retry(engine, clock):
+    a, _ = online_server(engine, "a")
+    engine.stacking.create_request(request_doc(tasks=1))
+    [tid] = ids(engine.stacking.claim(a.id, 1))
+    assert engine.stacking.claim(a.id, 1) == []
+    clock.advance(engine.core.settings.claim_ttl_ms / 1000 + 1)
+    engine.servers.heartbeat(a, {})
+    assert ids(engine.stacking.claim(a.id, 1)) == [tid]
+    assert engine.stacking.task_state(tid)["retry_count"] == 0
+
+
+def test_eight_threads_claim_ten_thousand_tasks_exactly_once(engine):
+    """Real concurrency: 8 threads, each with its own server, pull until empty."""
+    doc = request_doc(folders=100, tasks=100, about="x")
+    engine.stacking.create_request(doc)
+    callers = [online_server(engine, f"s{i}")[0] for i in range(8)]
+    claimed: list[list[str]] = [[] for _ in callers]
+    barrier = threading.Barrier(len(callers))
+    errors: list[BaseException] = []
+
+    def pull(i: int) -> None:
+        try:
+            barrier.wait()
+            while True:
+                got = ids(engine.stacking.claim(callers[i].id, 37))
+                if not got:
+                    return
+                claimed[i].extend(got)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=pull, args=(i,)) for i in range(len(callers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    everything = [tid for part in claimed for tid in part]
+    assert len(everything) == 10_000
+    assert len(set(everything)) == 10_000
+    assert sum(1 for part in claimed if part) > 1  # the work was actually shared

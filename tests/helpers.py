@@ -1,0 +1,61 @@
+"""Small builders shared by the tests."""
+from __future__ import annotations
+
+import orjson
+
+from engine import Engine
+from engine.servers import Caller
+
+
+def request_doc(folders: int = 1, tasks: int = 3, mode: str = "chain", max_retries: int = 3,
+                prefix: str = "F", about: str = "<p>Hello <b>world</b></p>") -> dict:
+    return {
+        "website": "https://likepion.com",
+        "stacking_mode": mode,
+        "max_retries": max_retries,
+        "folders": [
+            {"folder_id": f"{prefix}{f}", "tasks": [
+                {"domain": "docs.google.com", "title": f"Title {f}-{t}", "about": about,
+                 "phone": "0987654321", "address": "123 ABC", "location": "Ha Noi",
+                 "image_url": "https://s3.likepion.com/stack/cover.jpg"}
+                for t in range(tasks)
+            ]}
+            for f in range(folders)
+        ],
+    }
+
+
+def online_server(engine: Engine, name: str = "w1", services: list[str] | None = None) -> tuple[Caller, str]:
+    """A server that has sent its first heartbeat; returns (caller, api key)."""
+    created = engine.servers.create(name, services or ["stacking"])
+    caller = engine.servers.authenticate(created["api_key"])
+    engine.servers.heartbeat(caller, {})
+    return engine.servers.authenticate(created["api_key"]), created["api_key"]
+
+
+def ids(tasks: list[bytes]) -> list[str]:
+    return [orjson.loads(t)["id"] for t in tasks]
+
+
+def link(n: int | str) -> str:
+    return f"https://drive.google.com/drive/folders/{n}"
+
+
+def snapshot(client, namespace: str) -> dict:
+    """Every key of a namespace with its content, to prove a refusal changed nothing."""
+    out = {}
+    for key in sorted(client.scan_iter(match=f"{namespace}:*", count=1000)):
+        kind = client.type(key).decode()
+        if kind == "hash":
+            out[key] = client.hgetall(key)
+        elif kind == "zset":
+            out[key] = client.zrange(key, 0, -1, withscores=True)
+        elif kind == "list":
+            out[key] = client.lrange(key, 0, -1)
+        elif kind == "set":
+            out[key] = sorted(client.smembers(key))
+        elif kind == "string":
+            out[key] = client.get(key)
+        elif kind == "stream":
+            out[key] = client.xlen(key)
+    return out
