@@ -70,8 +70,19 @@ def create_app(engine: Engine | None = None) -> Starlette:
 
 def main_app() -> Starlette:
     """uvicorn factory: ``uvicorn --factory api.app:main_app``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging()
     return create_app()
+
+
+def configure_logging() -> None:
+    """taskhub's own loggers to stderr at INFO (uvicorn configures only its own)."""
+    logger = logging.getLogger("taskhub")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 __all__ = ["create_app", "main_app", "JSON"]

@@ -81,13 +81,15 @@ class Servers:
         """403s of stacking.md, in order: wrong service, then not online."""
         if not caller.services & STACKING_SERVICES:
             raise ServiceKeyMismatch("api key does not belong to a server with service stacking or google_stacking")
-        fresh = self.core.now() - caller.heartbeat_ms <= self.core.settings.server_offline_after_ms
-        if caller.status != "online" or not fresh:
+        if caller.status == "maintenance":
+            raise ServerNotOnline("server is in maintenance: an operator must set it online"
+                                  " (POST /api/v1/worker/health still records metrics)")
+        if caller.status != "online":
+            raise ServerNotOnline(f"server is {caller.status}; call POST /api/v1/worker/health first")
+        if self.core.now() - caller.heartbeat_ms > self.core.settings.server_offline_after_ms:
             raise ServerNotOnline(
-                f"server is not online (status {caller.status}"
-                + ("" if fresh else ", no recent heartbeat")
-                + "); call POST /api/v1/worker/health first"
-            )
+                f"server sent no heartbeat in the last {self.core.settings.server_offline_after_ms // 1000} s;"
+                " call POST /api/v1/worker/health first")
 
     def heartbeat(self, caller: Caller, metrics: dict) -> dict:
         """Record a heartbeat; returns the health response's ``data``."""

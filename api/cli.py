@@ -1,0 +1,202 @@
+"""``taskhub``: the operator's command line, and the entry points the Procfile runs.
+
+Process commands: ``redis`` (the embedded Redis, foreground), ``web``,
+``worker``, ``scheduler``. Operator commands talk to the engine directly on
+the same Redis (``REDIS_URL`` or the embedded one): ``server ...``,
+``import FILE.json``, ``request show|cancel``, ``task cancel``, ``folder release``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Iterable
+
+import orjson
+
+from engine.errors import EngineError
+
+
+def _engine():
+    from engine import Engine
+
+    return Engine.from_env()
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+# ---- processes ---------------------------------------------------------------
+def cmd_redis(args: argparse.Namespace) -> int:
+    """Run (or adopt) the embedded Redis and stay in the foreground until signalled."""
+    if os.environ.get("REDIS_URL"):
+        print("REDIS_URL is set: no embedded Redis to run; idling so the Procfile stays up", flush=True)
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        return 0
+    import redis
+
+    from engine.connection import embedded_pid, ensure_embedded, var_dir
+
+    sock = ensure_embedded()
+    pid = embedded_pid()
+    print(f"embedded redis (pid {pid}) on unix://{sock}, data in {var_dir()}", flush=True)
+    stop = {"now": False}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop["now"]:
+        if pid is None or not os.path.exists(f"/proc/{pid}"):
+            print("embedded redis exited", flush=True)
+            return 1
+        time.sleep(0.5)
+    try:
+        redis.Redis(unix_socket_path=str(sock)).shutdown(save=True)
+    except redis.ConnectionError:
+        pass  # SHUTDOWN closes the connection: that is success
+    print("embedded redis stopped (data saved)", flush=True)
+    return 0
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("api.app:main_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+                access_log=False, log_level="info")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from rq import Queue, Worker
+
+    from engine.connection import connect
+    from workers.jobs import QUEUE
+
+    from api.app import configure_logging
+
+    configure_logging()
+    conn = connect()
+    # RQ logs several lines per job; ours logs one (workers.jobs), so RQ's go to WARNING.
+    Worker([Queue(QUEUE, connection=conn)], connection=conn).work(with_scheduler=False, logging_level="WARNING")
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from engine.connection import connect
+    from workers.scheduler import build
+
+    build(connect()).start()
+    return 0
+
+
+# ---- operator commands ---------------------------------------------------------
+def cmd_server(args: argparse.Namespace) -> int:
+    eng = _engine()
+    if args.action == "create":
+        created = eng.servers.create(args.name, args.services.split(","), args.max_threads)
+        _print(created)
+        print("store the api_key now: it is not kept and cannot be shown again", file=sys.stderr)
+    elif args.action == "list":
+        _print(eng.servers.list())
+    elif args.action == "status":
+        eng.servers.set_status(args.id, args.status)
+        _print(eng.servers.get(args.id))
+    elif args.action == "delete":
+        eng.servers.delete(args.id)
+        print(f"deleted {args.id}")
+    return 0
+
+
+def _requests_in(path: str) -> list[dict]:
+    with open(path, "rb") as fh:
+        data = orjson.loads(fh.read())
+    return data if isinstance(data, list) else [data]
+
+
+def _task_count(doc: Any) -> int:
+    folders = doc.get("folders") if isinstance(doc, dict) else None
+    return sum(len(f.get("tasks") or []) for f in folders if isinstance(f, dict)) if isinstance(folders, list) else 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import one request, or a list of them, from a JSON file; each request is atomic."""
+    from tqdm import tqdm
+
+    eng = _engine()
+    docs = _requests_in(args.file)
+    failed = 0
+    with tqdm(total=sum(_task_count(d) for d in docs), unit="task", disable=args.quiet) as bar:
+        for i, doc in enumerate(docs):
+            try:
+                result = eng.stacking.create_request(doc)
+                tqdm.write(f"request {result['request_id']}: {result['folders']} folders, {result['tasks']} tasks")
+            except EngineError as exc:
+                failed += 1
+                tqdm.write(f"request #{i} refused: {exc.message}")
+            bar.update(_task_count(doc))
+    return 1 if failed else 0
+
+
+def cmd_request(args: argparse.Namespace) -> int:
+    eng = _engine()
+    if args.action == "show":
+        _print(eng.stacking.request(args.id))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="taskhub", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("redis", help="run the embedded Redis in the foreground").set_defaults(func=cmd_redis)
+    web = sub.add_parser("web", help="serve the HTTP API")
+    web.add_argument("--host", default=os.environ.get("TASKHUB_HOST", "127.0.0.1"))
+    web.add_argument("--port", type=int, default=int(os.environ.get("TASKHUB_PORT", "8000")))
+    web.add_argument("--workers", type=int, default=int(os.environ.get("TASKHUB_WEB_WORKERS", "1")))
+    web.set_defaults(func=cmd_web)
+    sub.add_parser("worker", help="run an RQ worker on taskhub's queue").set_defaults(func=cmd_worker)
+    sub.add_parser("scheduler", help="enqueue the periodic jobs").set_defaults(func=cmd_scheduler)
+
+    server = sub.add_parser("server", help="manage worker servers")
+    ssub = server.add_subparsers(dest="action", required=True)
+    create = ssub.add_parser("create", help="create a server and print its API key once")
+    create.add_argument("name")
+    create.add_argument("--services", default="stacking", help="comma list (default: stacking)")
+    create.add_argument("--max-threads", type=int, default=10)
+    ssub.add_parser("list")
+    status = ssub.add_parser("status")
+    status.add_argument("id")
+    status.add_argument("status", choices=["online", "offline", "maintenance"])
+    delete = ssub.add_parser("delete")
+    delete.add_argument("id")
+    server.set_defaults(func=cmd_server)
+
+    imp = sub.add_parser("import", help="import stacking requests from a JSON file")
+    imp.add_argument("file")
+    imp.add_argument("--quiet", action="store_true", help="no progress bar")
+    imp.set_defaults(func=cmd_import)
+
+    req = sub.add_parser("request", help="stacking requests")
+    rsub = req.add_subparsers(dest="action", required=True)
+    show = rsub.add_parser("show")
+    show.add_argument("id")
+    req.set_defaults(func=cmd_request)
+    return p
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    try:
+        return args.func(args) or 0
+    except EngineError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The periodic schedule, run by RQ's own ``CronScheduler`` (``taskhub scheduler``).
+
+The scheduler only enqueues; ``taskhub worker`` runs the jobs. Intervals are
+``TASKHUB_SWEEP_INTERVAL`` and ``TASKHUB_RETRY_INTERVAL`` (seconds, default 5):
+short, because each run is a few bounded script calls and does nothing when
+nothing is due.
+"""
+from __future__ import annotations
+
+import os
+
+import redis
+from rq.cron import CronScheduler
+
+from . import jobs
+
+
+def build(connection: redis.Redis) -> CronScheduler:
+    scheduler = CronScheduler(connection=connection, name=f"taskhub-scheduler-{os.getpid()}",
+                              logging_level="WARNING")
+    sweep_every = int(os.environ.get("TASKHUB_SWEEP_INTERVAL", "5"))
+    retry_every = int(os.environ.get("TASKHUB_RETRY_INTERVAL", "5"))
+    scheduler.register(jobs.sweep_leases, jobs.QUEUE, interval=sweep_every, job_timeout=120, result_ttl=60)
+    scheduler.register(jobs.run_retries, jobs.QUEUE, interval=retry_every, job_timeout=120, result_ttl=60)
+    return scheduler
