@@ -78,6 +78,21 @@ async def get_request(request: Request) -> JSON:
     return JSON({"success": True, "data": _operator(request).stacking.request(request.path_params["request_id"])})
 
 
+async def cancel_request(request: Request) -> JSON:
+    n = _operator(request).stacking.cancel_request(request.path_params["request_id"])
+    return JSON({"success": True, "data": {"cancelled": n}})
+
+
+async def cancel_task(request: Request) -> JSON:
+    _operator(request).stacking.cancel_task(request.path_params["task_id"])
+    return JSON({"success": True})
+
+
+async def release_folder(request: Request) -> JSON:
+    released = _operator(request).stacking.release_folder(request.path_params["folder_id"])
+    return JSON({"success": True, "data": {"released": released}})
+
+
 BULK_PREFIXES = ("/api/v1/admin/stacking/requests",)
 routes = [
     Route("/api/v1/admin/servers", create_server, methods=["POST"]),
@@ -87,4 +102,7 @@ routes = [
     Route("/api/v1/admin/servers/{server_id}/status", set_server_status, methods=["POST"]),
     Route("/api/v1/admin/stacking/requests", create_request, methods=["POST"]),
     Route("/api/v1/admin/stacking/requests/{request_id}", get_request, methods=["GET"]),
+    Route("/api/v1/admin/stacking/requests/{request_id}/cancel", cancel_request, methods=["POST"]),
+    Route("/api/v1/admin/stacking/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+    Route("/api/v1/admin/stacking/folders/{folder_id}/release", release_folder, methods=["POST"]),
 ]

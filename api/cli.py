@@ -147,6 +147,20 @@ def cmd_request(args: argparse.Namespace) -> int:
     eng = _engine()
     if args.action == "show":
         _print(eng.stacking.request(args.id))
+    elif args.action == "cancel":
+        print(f"cancelled {eng.stacking.cancel_request(args.id)} tasks")
+    return 0
+
+
+def cmd_task(args: argparse.Namespace) -> int:
+    _engine().stacking.cancel_task(args.id)
+    print(f"cancelled {args.id}")
+    return 0
+
+
+def cmd_folder(args: argparse.Namespace) -> int:
+    released = _engine().stacking.release_folder(args.id)
+    print(f"released {args.id}" if released else f"{args.id} was not bound to a server")
     return 0
 
 
@@ -183,9 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     req = sub.add_parser("request", help="stacking requests")
     rsub = req.add_subparsers(dest="action", required=True)
-    show = rsub.add_parser("show")
-    show.add_argument("id")
+    for action in ("show", "cancel"):
+        rsub.add_parser(action).add_argument("id")
     req.set_defaults(func=cmd_request)
+    task = sub.add_parser("task", help="stacking tasks")
+    task.add_subparsers(dest="action", required=True).add_parser("cancel").add_argument("id")
+    task.set_defaults(func=cmd_task)
+    folder = sub.add_parser("folder", help="stacking folders")
+    folder.add_subparsers(dest="action", required=True).add_parser("release").add_argument("id")
+    folder.set_defaults(func=cmd_folder)
     return p
 
 

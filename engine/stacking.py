@@ -196,6 +196,18 @@ class Stacking:
             "by_status": counts, "folders": folders,
         }
 
+    def cancel_task(self, task_id: str, actor: str = "operator") -> None:
+        """Any non-terminal status -> cancel (409 when already terminal)."""
+        raise_for(self.core.run("cancel_task", [self.k.task(task_id)], actor))
+
+    def cancel_request(self, rid: str, actor: str = "operator") -> int:
+        """Cancel every non-terminal task of a request; returns how many were cancelled."""
+        return int(raise_for(self.core.run("cancel_request", [self.k.request(rid)], actor), "request")[1])
+
+    def release_folder(self, folder_id: str) -> bool:
+        """Unbind a folder from its server; False when it was not bound."""
+        return bool(int(raise_for(self.core.run("release_folder", [self.k.folder(folder_id)]), "folder")[1]))
+
     # ---- worker side ---------------------------------------------------
     def claim(self, server_id: str, limit: int = 5, status: str | None = None) -> list[bytes]:
         """Pull-and-claim up to ``limit`` tasks; returns their JSON objects (bytes)."""
@@ -273,6 +285,25 @@ class Stacking:
         claims, runs = self.core.run("sweep", [self.k.claim_leases, self.k.run_leases], batch or s.sweep_batch,
                                      s.run_ttl_ms, s.retry_base_ms, s.retry_cap_ms)
         return {"claims_lapsed": claims, "runs_failed": runs}
+
+    def reassign_gone_servers(self, batch: int = 500) -> dict:
+        """Release the folders of servers deleted or silent for ``reassign_after``.
+
+        Reads the server list (bounded: at most 10,000 servers) to find candidates;
+        the reassign script re-checks each server atomically before releasing.
+        """
+        r, s = self.core.r, self.s
+        ids = [i.decode() for i in r.zrange(self.k.servers, 0, 9_999)]
+        pipe = r.pipeline(transaction=False)
+        for sid in ids:
+            pipe.hmget(self.k.server(sid), "st", "hb")
+        now = self.core.now()
+        released = 0
+        for sid, (st, hb) in zip(ids, pipe.execute()):
+            if st == b"deleted" or int(hb or 0) + s.reassign_after_ms < now:
+                got, _left = self.core.run("reassign", [self.k.server(sid)], s.reassign_after_ms, batch)
+                released += got
+        return {"folders_released": released}
 
     def stats(self) -> dict[str, int]:
         return _counts(self.core.r.hgetall(self.k.stats))

@@ -59,3 +59,10 @@ def run_retries(eng: Engine | None = None) -> dict:
     """The retry manager: due failures go back to their phase or to final_failed."""
     e = eng or engine()
     return _logged("run_retries", lambda: _until_done(e.stacking.run_retries, lambda r: r["due_left"] > 0))
+
+
+def reassign_folders(eng: Engine | None = None) -> dict:
+    """Free the folders of servers that are deleted or have been silent too long."""
+    e = eng or engine()
+    return _logged("reassign_folders", lambda: _until_done(
+        e.stacking.reassign_gone_servers, lambda r: r["folders_released"] > 0))

@@ -11,7 +11,7 @@ ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen
 ARGV[4] request id  ARGV[5] website  ARGV[6] stacking_mode  ARGV[7] max_retries
 ARGV[8] number of folders  ARGV[9] number of tasks
 ARGV[10..] per folder: folder_id, n, then n times: task id, head JSON, tail JSON (phase 1), tail JSON (phase 2)
-Derived keys: r:, rc:, rf:, f:, fc:, fr:1:, t:, stats, events.
+Derived keys: r:, rc:, rf:, f:, fc:, fr:1:, ft:, t:, stats, events.
 Returns {"ok", n_tasks} | {"exists", request id} | {"folder_in_use", folder id}
 Events: one per task ('' -> register).
 ]]
@@ -53,6 +53,7 @@ for _ = 1, nfolders do
                'own', '', 'asg', '', 'rc', 0, 'mr', mr, 'ca', NOW)
     ready[#ready + 1] = seq
     ready[#ready + 1] = tid
+    redis.call('RPUSH', K .. 'ft:' .. fid, tid)
     emit(tid, '', 'register', 'import')
     i = i + 4
   end

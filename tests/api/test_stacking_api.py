@@ -296,6 +296,9 @@ def test_connect_status_counts_my_claimed_tasks_through_the_barrier(engine, clie
     headers, url = worker[1], "/api/v1/stacking/folders/F0/connect-status"
     engine.stacking.create_request(request_doc(tasks=3))
     tasks = pull(client, headers)
+    assert client.get(url, headers=headers).json() == {
+        "success": True, "folder_id": "F0", "ready": False, "total_tasks": 3, "phase1_active": 3,
+        "profiled": 0, "connect_count": 0, "by_status": {"register": 3}}
     for t in tasks:
         client.post(f"{LINKS}/{t['id']}/start", headers=headers)
     for i, t in enumerate(tasks[:2]):
@@ -330,11 +333,17 @@ def test_missing_or_unknown_api_key_is_401(engine, client, method, path, key):
     assert assert_refused(engine, lambda: client.request(method, path, headers=headers), 401) == INVALID_KEY
 
 
-def test_deleted_server_key_is_401(engine, client, worker):
+@pytest.mark.parametrize("method,path", ENDPOINTS)
+def test_deleted_server_key_is_401(engine, client, worker, method, path):
     engine.servers.delete(worker[0])
-    for method, path in ENDPOINTS:
-        resp = client.request(method, path, headers=worker[1])
-        assert (resp.status_code, resp.json()) == (401, INVALID_KEY)
+    assert assert_refused(engine, lambda: client.request(method, path, headers=worker[1]), 401) == INVALID_KEY
+
+
+def test_invalid_key_is_reported_before_service_mismatch(engine, client):
+    created = engine.servers.create("dev", ["device"])
+    engine.servers.delete(created["id"])
+    resp = client.get(LINKS, headers={"X-API-Key": created["api_key"]})
+    assert (resp.status_code, resp.json()) == (401, INVALID_KEY)
 
 
 def test_auth_is_checked_before_input(engine, client):
@@ -460,7 +469,8 @@ def test_health_records_name_and_metrics(engine, client, worker):
 
 @pytest.mark.parametrize("path", ["/api/v1/nope", "/api/v1/stacking/nope", f"{LINKS}/x/restart"])
 def test_unknown_path_under_api_v1_is_404_in_the_envelope(engine, client, worker, path):
-    resp = client.get(path, headers=worker[1])
-    assert resp.status_code == 404
-    body = resp.json()
-    assert body["success"] is False and set(body) == {"success", "message"}
+    assert_refused(engine, lambda: client.get(path, headers=worker[1]), 404)
+
+
+def test_wrong_method_is_405_in_the_envelope(engine, client, worker):
+    assert_refused(engine, lambda: client.delete(LINKS, headers=worker[1]), 405)

@@ -52,3 +52,33 @@ local function make_ready(t, phase)
     redis.call('ZADD', K .. 'fu:' .. phase, f[2], t.fo)
   end
 end
+
+-- Take a task out of its folder's ready set for `phase`; drop the folder from
+-- the claim index when that set empties.
+local function unready(t, phase)
+  local rk = K .. 'fr:' .. phase .. ':' .. t.fo
+  redis.call('ZREM', rk, t.id)
+  if redis.call('EXISTS', rk) == 0 then
+    local srv = redis.call('HGET', K .. 'f:' .. t.fo, 'srv') or ''
+    redis.call('ZREM', K .. 'fu:' .. phase, t.fo)
+    if srv ~= '' then redis.call('ZREM', K .. 'fb:' .. phase .. ':' .. srv, t.fo) end
+  end
+end
+
+-- Release a folder's binding: its ready tasks become claimable by any server.
+local function release_folder(fid)
+  local fk = K .. 'f:' .. fid
+  local srv = redis.call('HGET', fk, 'srv') or ''
+  if srv == '' then return 0 end
+  for phase = 1, 2 do
+    local bk = K .. 'fb:' .. phase .. ':' .. srv
+    local score = redis.call('ZSCORE', bk, fid)
+    if score then
+      redis.call('ZREM', bk, fid)
+      redis.call('ZADD', K .. 'fu:' .. phase, score, fid)
+    end
+  end
+  redis.call('SREM', K .. 'sf:' .. srv, fid)
+  redis.call('HSET', fk, 'srv', '')
+  return 1
+end

@@ -1,0 +1,41 @@
+"""Script loading: headers, key counts, and survival of a flushed script cache (NOSCRIPT)."""
+import re
+
+import pytest
+
+from engine.scripts import LUA_DIR, ScriptSet, render
+from tests.helpers import ids, link, online_server, request_doc
+
+
+def test_every_script_declares_its_keys_and_argv():
+    for path in LUA_DIR.glob("*.lua"):
+        nkeys = int(re.search(r"-(\d+)\.lua$", path.name).group(1))
+        header = path.read_text().split("]]", 1)[0]
+        for i in range(1, nkeys + 1):
+            assert f"KEYS[{i}]" in header, f"{path.name} does not document KEYS[{i}]"
+        assert f"KEYS[{nkeys + 1}]" not in header
+        assert "ARGV[1]" in header and "Returns" in header, path.name
+
+
+def test_includes_are_pasted_once():
+    source = render(LUA_DIR / "claim-6.lua")
+    assert "@include" not in source
+    assert source.count("local function load_task(") == 1
+
+
+def test_wrong_key_count_is_refused(engine):
+    with pytest.raises(ValueError):
+        engine.core.scripts.run("start", ["only-one"], [])
+
+
+def test_scripts_reload_after_the_script_cache_is_flushed(engine):
+    caller, _ = online_server(engine)
+    engine.stacking.create_request(request_doc(tasks=2))
+    engine.core.r.script_flush()
+    [tid, _] = ids(engine.stacking.claim(caller.id, 2))
+    engine.core.r.script_flush()
+    engine.stacking.start(caller.id, tid)
+    engine.core.r.script_flush()
+    engine.stacking.complete(caller.id, tid, link(1))
+    assert engine.stacking.task_state(tid)["status"] == "profiled"
+    assert ScriptSet(engine.core.r).verbs() == engine.core.scripts.verbs()
