@@ -43,11 +43,15 @@ def pull(client, headers, **params) -> list[dict]:
     return resp.json()["data"]
 
 
-def started(engine, client, headers, tasks: int = 2) -> str:
-    """Create a one-folder request, pull one task and start it; returns its id."""
-    engine.stacking.create_request(request_doc(tasks=tasks))
+def started(engine, client, headers, status: str = "registering") -> str:
+    """One task of a new two-task folder, claimed by ``headers``' server and taken to
+    ``status`` (register = claimed only, registering, or profiled); returns its id."""
+    engine.stacking.create_request(request_doc(tasks=2))
     [task] = pull(client, headers, limit=1)
-    assert client.post(f"{LINKS}/{task['id']}/start", headers=headers).json() == OK
+    if status != "register":
+        assert client.post(f"{LINKS}/{task['id']}/start", headers=headers).json() == OK
+    if status == "profiled":
+        assert client.post(f"{LINKS}/{task['id']}/complete", headers=headers, json={"link_post": link(1)}).json() == OK
     return task["id"]
 
 
@@ -169,47 +173,29 @@ def test_fail_moves_task_to_profile_failed_with_its_message(engine, client, work
     assert got["status"] == "profile_failed" and got["error_message"] == "Drive quota exceeded"
 
 
+LP, ERR = {"link_post": link(1)}, {"error_message": "x"}
+
+
 @pytest.mark.parametrize("verb,body,current", [
-    ("start", None, "registering"),
-    ("complete", {"link_post": link(1)}, "profiled"),
-    ("fail", {"error_message": "x"}, "profiled"),
-])
+    ("start", None, "registering"), ("start", None, "profiled"), ("complete", LP, "register"),
+    ("complete", LP, "profiled"), ("fail", ERR, "register"), ("fail", ERR, "profiled")])
 def test_call_on_task_in_wrong_state_is_409_with_current_status(engine, client, worker, verb, body, current):
-    tid = started(engine, client, worker[1])
-    if current == "profiled":
-        client.post(f"{LINKS}/{tid}/complete", headers=worker[1], json={"link_post": link(1)})
+    tid = started(engine, client, worker[1], current)
     refused = assert_refused(engine, lambda: client.post(f"{LINKS}/{tid}/{verb}", headers=worker[1], json=body),
                              409, "invalid_state")
-    assert current in refused["message"]
+    assert f"'{current}'" in refused["message"]
 
 
-@pytest.mark.parametrize("verb,body", [("complete", {"link_post": link(1)}), ("fail", {"error_message": "x"})])
-def test_complete_or_fail_before_start_is_409_register(engine, client, worker, verb, body):
-    engine.stacking.create_request(request_doc(tasks=1))
-    [task] = pull(client, worker[1])
-    refused = assert_refused(engine, lambda: client.post(f"{LINKS}/{task['id']}/{verb}", headers=worker[1],
-                                                         json=body), 409, "invalid_state")
-    assert "register" in refused["message"]
-
-
-def test_start_by_other_server_is_refused(engine, client, worker):
-    engine.stacking.create_request(request_doc(tasks=1))
-    [task] = pull(client, worker[1])
-    _, other = online_server(engine, "w2")
-    assert_refused(engine, lambda: client.post(f"{LINKS}/{task['id']}/start", headers={"X-API-Key": other}),
-                   409, "not_task_owner")
-
-
-@pytest.mark.parametrize("verb,body", [("complete", {"link_post": link(1)}), ("fail", {"error_message": "x"})])
-def test_complete_or_fail_by_other_server_is_refused(engine, client, worker, verb, body):
-    tid = started(engine, client, worker[1])
+@pytest.mark.parametrize("verb,body,current", [
+    ("start", None, "register"), ("complete", LP, "registering"), ("fail", ERR, "registering")])
+def test_call_on_task_held_by_another_server_is_refused(engine, client, worker, verb, body, current):
+    tid = started(engine, client, worker[1], current)
     _, other = online_server(engine, "w2")
     assert_refused(engine, lambda: client.post(f"{LINKS}/{tid}/{verb}", headers={"X-API-Key": other}, json=body),
                    409, "not_task_owner")
 
 
-@pytest.mark.parametrize("verb,body", [
-    ("start", None), ("complete", {"link_post": link(1)}), ("fail", {"error_message": "x"})])
+@pytest.mark.parametrize("verb,body", [("start", None), ("complete", LP), ("fail", ERR)])
 def test_call_on_unknown_task_is_404(engine, client, worker, verb, body):
     engine.stacking.create_request(request_doc(tasks=1))
     refused = assert_refused(engine, lambda: client.post(f"{LINKS}/nope/{verb}", headers=worker[1], json=body), 404)
@@ -259,21 +245,14 @@ def _padded(body: bytes, size: int) -> bytes:
     return body + b" " * (size - len(body))
 
 
-def test_body_over_one_mebibyte_is_413(engine, client, worker):
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_body_over_one_mebibyte_is_413(engine, client, worker, chunked):
     tid = started(engine, client, worker[1])
     content = _padded(b'{"error_message": "boom"}', MAX_BODY + 1)
-    refused = assert_refused(engine, lambda: client.post(f"{LINKS}/{tid}/fail", headers=worker[1], content=content),
+    send = (lambda: iter([content[:1000], content[1000:]])) if chunked else (lambda: content)
+    refused = assert_refused(engine, lambda: client.post(f"{LINKS}/{tid}/fail", headers=worker[1], content=send()),
                              413, "payload_too_large")
     assert set(refused) == {"success", "message", "code"}
-
-
-def test_streamed_body_over_one_mebibyte_is_413(engine, client, worker):
-    """No Content-Length (chunked): the limit is enforced while reading."""
-    tid = started(engine, client, worker[1])
-    content = _padded(b'{"error_message": "boom"}', MAX_BODY + 1)
-    chunks = lambda: iter([content[:MAX_BODY // 2], content[MAX_BODY // 2:]])  # noqa: E731
-    assert_refused(engine, lambda: client.post(f"{LINKS}/{tid}/fail", headers=worker[1], content=chunks()),
-                   413, "payload_too_large")
 
 
 def test_body_of_exactly_one_mebibyte_is_accepted(engine, client, worker):
@@ -394,13 +373,11 @@ def test_server_set_out_of_service_by_operator_is_403_not_online(engine, client,
 def test_health_returns_ok_with_server_time_in_utc(engine, client, worker, clock):
     resp = client.post(HEALTH, headers=worker[1], json={"cpu_usage": 12.5, "active_tasks": 3})
     assert resp.status_code == 200
-    body = resp.json()
-    assert body == {"success": True, "data": {"status": "ok", "server_id": worker[0], "server_name": "w1",
-                                              "server_time": body["data"]["server_time"]}}
-    server_time = body["data"]["server_time"]
+    server_time = resp.json()["data"]["server_time"]
+    assert resp.json() == {"success": True, "data": {"status": "ok", "server_id": worker[0], "server_name": "w1",
+                                                     "server_time": server_time}}
     assert server_time.endswith("Z")
-    parsed = datetime.fromisoformat(server_time[:-1] + "+00:00")
-    assert parsed == datetime.fromtimestamp(clock.ms / 1000, tz=timezone.utc)
+    assert datetime.fromisoformat(server_time[:-1] + "+00:00") == datetime.fromtimestamp(clock.ms / 1000, timezone.utc)
 
 
 @pytest.mark.parametrize("content", [None, b"", b"{}"])
