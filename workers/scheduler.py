@@ -3,8 +3,8 @@
 The scheduler only enqueues; ``taskhub worker`` runs the jobs. Intervals are
 ``TASKHUB_SWEEP_INTERVAL`` and ``TASKHUB_RETRY_INTERVAL`` (seconds, default 5):
 short, because each run is a few bounded script calls and does nothing when
-nothing is due. Folder reassignment runs every 60 s (its threshold,
-``TASKHUB_REASSIGN_AFTER``, is an hour by default).
+nothing is due. Folder reassignment runs every ``TASKHUB_REASSIGN_INTERVAL`` (default 60 s;
+its threshold, ``TASKHUB_REASSIGN_AFTER``, is an hour by default).
 """
 from __future__ import annotations
 
@@ -23,5 +23,6 @@ def build(connection: redis.Redis) -> CronScheduler:
     retry_every = int(os.environ.get("TASKHUB_RETRY_INTERVAL", "5"))
     scheduler.register(jobs.sweep_leases, jobs.QUEUE, interval=sweep_every, job_timeout=120, result_ttl=60)
     scheduler.register(jobs.run_retries, jobs.QUEUE, interval=retry_every, job_timeout=120, result_ttl=60)
-    scheduler.register(jobs.reassign_folders, jobs.QUEUE, interval=60, job_timeout=120, result_ttl=60)
+    reassign_every = int(os.environ.get("TASKHUB_REASSIGN_INTERVAL", "60"))
+    scheduler.register(jobs.reassign_folders, jobs.QUEUE, interval=reassign_every, job_timeout=120, result_ttl=60)
     return scheduler
