@@ -269,7 +269,9 @@ def test_get_unknown_request_is_404(engine, client):
 
 ENDPOINTS = [("GET", SERVERS, None), ("POST", SERVERS, {"name": "w9"}), ("GET", f"{SERVERS}/x", None),
              ("DELETE", f"{SERVERS}/x", None), ("POST", f"{SERVERS}/x/status", {"status": "offline"}),
-             ("POST", REQUESTS, request_doc()), ("GET", f"{REQUESTS}/x", None)]
+             ("POST", REQUESTS, request_doc()), ("GET", f"{REQUESTS}/x", None),
+             ("POST", f"{REQUESTS}/x/cancel", None), ("POST", f"{ADMIN}/stacking/tasks/x/cancel", None),
+             ("POST", f"{ADMIN}/stacking/folders/F0/release", None)]
 
 
 @pytest.mark.parametrize("method,path,body", ENDPOINTS)
