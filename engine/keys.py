@@ -90,3 +90,7 @@ class Keys:
     @property
     def servers(self) -> str:
         return self._k("servers")
+
+    @property
+    def servers_gone(self) -> str:
+        return self._k("servers:gone")

@@ -34,6 +34,39 @@ class Caller:
     name: str
 
 
+METRIC_MAX = 1_000_000
+USAGE_FIELDS = ("cpu_usage", "ram_usage", "disk_usage")
+COUNT_FIELDS = ("active_threads", "active_tasks")
+TEXT_FIELDS = ("server_name", "ip")
+
+
+def validate_metrics(body: dict) -> dict:
+    """The documented heartbeat fields of ``body``, checked; raises InvalidInput."""
+    out: dict = {}
+    for field in USAGE_FIELDS:
+        value = body.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= METRIC_MAX:
+            raise InvalidInput(f"{field} must be a number between 0 and {METRIC_MAX}")
+        out[field] = value
+    for field in COUNT_FIELDS:
+        value = body.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= METRIC_MAX:
+            raise InvalidInput(f"{field} must be an integer between 0 and {METRIC_MAX}")
+        out[field] = value
+    for field in TEXT_FIELDS:
+        value = body.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) > 200:
+            raise InvalidInput(f"{field} must be a string of at most 200 characters")
+        out[field] = value
+    return out
+
+
 def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
@@ -48,7 +81,7 @@ class Servers:
         name = (name or "").strip()
         if not name or len(name) > 200:
             raise InvalidInput("name is required (at most 200 characters)")
-        services = [s.strip() for s in (services or ["stacking"]) if s and s.strip()]
+        services = [s.strip() for s in (["stacking"] if services is None else services) if s and s.strip()]
         if not services:
             raise InvalidInput("at least one service is required")
         if not isinstance(max_threads, int) or isinstance(max_threads, bool) or not 1 <= max_threads <= 100_000:
@@ -91,8 +124,14 @@ class Servers:
                 f"server sent no heartbeat in the last {self.core.settings.server_offline_after_ms // 1000} s;"
                 " call POST /api/v1/worker/health first")
 
-    def heartbeat(self, caller: Caller, metrics: dict) -> dict:
-        """Record a heartbeat; returns the health response's ``data``."""
+    def heartbeat(self, caller: Caller, body: dict) -> dict:
+        """Validate and record a heartbeat; returns the health response's ``data``.
+
+        Only the documented fields are kept: usages are numbers in 0..1e6 (percent or
+        units, the worker's choice), counts are integers in 0..1e6, names and ips
+        strings of at most 200 characters. Anything else is refused, not stored.
+        """
+        metrics = validate_metrics(body)
         name = metrics.get("server_name") or ""
         ip = metrics.get("ip") or ""
         reply = raise_for(self.core.run(
@@ -121,14 +160,15 @@ class Servers:
         pipe = self.core.r.pipeline(transaction=False)
         for sid in ids:
             pipe.hgetall(self.k.server(sid))
-        return [self._render(sid, raw) for sid, raw in zip(ids, pipe.execute()) if raw.get(b"st") != b"deleted"]
+        return [self._render(sid, raw) for sid, raw in zip(ids, pipe.execute()) if raw]
 
     def _render(self, sid: str, raw: dict[bytes, bytes]) -> dict:
         f = {k.decode(): v.decode() for k, v in raw.items()}
         metrics = orjson.loads(f.get("metrics") or "{}")
         hb = int(f.get("hb") or 0)
         fresh = hb and self.core.now() - hb <= self.core.settings.server_offline_after_ms
-        active = int(metrics.get("active_tasks") or 0) if isinstance(metrics.get("active_tasks"), (int, float)) else 0
+        active = metrics.get("active_tasks")
+        active = active if isinstance(active, int) and 0 <= active <= METRIC_MAX else 0
         max_threads = int(f.get("max_threads") or 0)
         return {
             "id": sid,

@@ -289,11 +289,13 @@ class Stacking:
     def reassign_gone_servers(self, batch: int = 500) -> dict:
         """Release the folders of servers deleted or silent for ``reassign_after``.
 
-        Reads the server list (bounded: at most 10,000 servers) to find candidates;
-        the reassign script re-checks each server atomically before releasing.
+        Reads the server list (bounded: at most 10,000 live servers, plus deleted ones
+        that still hold folders) to find candidates; the reassign script re-checks
+        each server atomically before releasing.
         """
         r, s = self.core.r, self.s
         ids = [i.decode() for i in r.zrange(self.k.servers, 0, 9_999)]
+        ids += [i.decode() for i in r.srandmember(self.k.servers_gone, 1000)]
         pipe = r.pipeline(transaction=False)
         for sid in ids:
             pipe.hmget(self.k.server(sid), "st", "hb")

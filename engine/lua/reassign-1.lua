@@ -3,7 +3,8 @@ long (deleted, or no heartbeat for reassign_after). The condition is checked
 here, so a server that came back in the meantime keeps its folders.
 KEYS[1] s:<server>
 ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] reassign after ms  ARGV[5] batch
-Derived keys: sf:<server>, f:<folder>, fb:, fu:.
+Derived keys: sf:<server>, f:<folder>, fb:, fu:, servers:gone (a deleted server
+leaves it once it has no folders left).
 Returns {released, remaining}
 ]]
 local K, NOW, MAXLEN = ARGV[1], tonumber(ARGV[2]), ARGV[3]
@@ -22,4 +23,6 @@ for _, fid in ipairs(redis.call('SRANDMEMBER', K .. 'sf:' .. sid, batch)) do
     redis.call('SREM', K .. 'sf:' .. sid, fid)
   end
 end
-return {released, redis.call('SCARD', K .. 'sf:' .. sid)}
+local left = redis.call('SCARD', K .. 'sf:' .. sid)
+if left == 0 and v[1] == 'deleted' then redis.call('SREM', K .. 'servers:gone', sid) end
+return {released, left}
