@@ -37,9 +37,7 @@ def cmd_redis(args: argparse.Namespace) -> int:
         print("REDIS_URL is set: no embedded Redis to run; idling so the Procfile stays up", flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return 0
-    import redis
-
-    from engine.connection import embedded_pid, ensure_embedded, var_dir
+    from engine.connection import embedded_pid, ensure_embedded, process_alive, stop_embedded, var_dir
 
     sock = ensure_embedded()
     pid = embedded_pid()
@@ -52,14 +50,11 @@ def cmd_redis(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     while not stop["now"]:
-        if pid is None or not os.path.exists(f"/proc/{pid}"):
+        if pid is None or not process_alive(pid):
             print("embedded redis exited", flush=True)
             return 1
         time.sleep(0.5)
-    try:
-        redis.Redis(unix_socket_path=str(sock)).shutdown(save=True)
-    except redis.ConnectionError:
-        pass  # SHUTDOWN closes the connection: that is success
+    stop_embedded()
     print("embedded redis stopped (data saved)", flush=True)
     return 0
 

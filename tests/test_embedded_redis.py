@@ -10,7 +10,7 @@ import time
 import pytest
 import redis
 
-from engine.connection import embedded_pid, ensure_embedded
+from engine.connection import embedded_pid, ensure_embedded, process_alive, stop_embedded
 
 
 @pytest.fixture
@@ -32,12 +32,9 @@ def _client(sock) -> redis.Redis:
 
 def _wait_gone(pid: int) -> None:
     deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert not process_alive(pid)
 
 
 def test_second_process_reuses_the_running_server(var):
@@ -65,10 +62,7 @@ def test_data_survives_clean_stop_and_restart(var):
     sock = ensure_embedded(var)
     _client(sock).set("k", "v")
     pid = embedded_pid(var)
-    try:
-        _client(sock).shutdown(save=True)
-    except redis.ConnectionError:
-        pass
+    stop_embedded(var)
     _wait_gone(pid)
     sock = ensure_embedded(var)
     assert embedded_pid(var) != pid

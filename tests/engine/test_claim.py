@@ -77,8 +77,8 @@ def test_claim_lapse_makes_task_claimable_again_without_retry(engine, clock):
 
 def test_eight_threads_claim_ten_thousand_tasks_exactly_once(engine):
     """Real concurrency: 8 threads, each with its own server, pull until empty."""
-    doc = request_doc(folders=100, tasks=100, about="x")
-    engine.stacking.create_request(doc)
+    for r in range(10):  # ten requests of 1,000 (fakeredis parses one huge command slowly)
+        engine.stacking.create_request(request_doc(folders=10, tasks=100, about="x", prefix=f"R{r}F"))
     callers = [online_server(engine, f"s{i}")[0] for i in range(8)]
     claimed: list[list[str]] = [[] for _ in callers]
     barrier = threading.Barrier(len(callers))
