@@ -1,0 +1,57 @@
+"""The ``taskhub`` command line against a real Redis (it connects through REDIS_URL)."""
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from api.cli import main
+from engine import Engine
+from engine.connection import connect
+from tests.helpers import request_doc
+
+
+@pytest.fixture
+def env(monkeypatch, real_redis_socket):
+    namespace = f"cli{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("REDIS_URL", f"unix://{real_redis_socket}")
+    monkeypatch.setenv("TASKHUB_NAMESPACE", namespace)
+    return Engine.from_env()
+
+
+def test_server_create_prints_the_key_once_and_list_hides_it(env, capsys):
+    assert main(["server", "create", "tool-9", "--services", "stacking,google_stacking"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["api_key"].startswith("thk_")
+    assert env.servers.authenticate(created["api_key"]).name == "tool-9"
+    assert main(["server", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "tool-9" in listed and created["api_key"] not in listed
+    assert main(["server", "status", created["id"], "maintenance"]) == 0
+    assert env.servers.get(created["id"])["status"] == "maintenance"
+    assert main(["server", "delete", created["id"]]) == 0
+    assert main(["server", "delete", created["id"]]) == 2  # not found the second time
+
+
+def test_import_a_list_of_requests_each_atomic(env, tmp_path, capsys):
+    good = request_doc(folders=2, tasks=3, prefix="CLI-A")
+    bad = request_doc(folders=1, tasks=1, prefix="CLI-B")
+    bad["folders"][0]["tasks"][0]["domain"] = "example.com"
+    path = tmp_path / "requests.json"
+    path.write_text(json.dumps([good, bad]))
+    assert main(["import", str(path), "--quiet"]) == 1  # one refused
+    out = capsys.readouterr().out
+    assert "2 folders, 6 tasks" in out and "refused" in out and "domain" in out
+    assert env.stacking.stats() == {"register": 6}
+    rid = out.split("request ", 1)[1].split(":", 1)[0]
+    assert main(["request", "show", rid]) == 0
+    assert json.loads(capsys.readouterr().out)["total_tasks"] == 6
+    assert main(["folder", "release", "CLI-A0"]) == 0
+    assert main(["request", "cancel", rid]) == 0
+    assert "cancelled 6 tasks" in capsys.readouterr().out
+    assert env.stacking.stats() == {"cancel": 6}
+
+
+def test_connect_uses_redis_url(env, real_redis_socket):
+    assert connect().ping()
