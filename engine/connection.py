@@ -118,9 +118,17 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+# Never resend a command: a script that timed out on the client may still have run
+# (redis-py 8 would retry it, claiming tasks twice and stranding the first batch).
+# No read timeout either, since every script is bounded; idle pooled connections are
+# checked before use instead, so a Redis restart does not surface as an error.
+CLIENT_OPTIONS = dict(socket_timeout=None, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0),
+                      retry_on_timeout=False, health_check_interval=30)
+
+
 def connect(url: str | None = None) -> redis.Redis:
     """A client for ``url``, ``$REDIS_URL``, or the embedded server (started if needed)."""
     url = url or os.environ.get("REDIS_URL")
     if url:
-        return redis.Redis.from_url(url)
-    return redis.Redis(unix_socket_path=str(ensure_embedded()))
+        return redis.Redis.from_url(url, **CLIENT_OPTIONS)
+    return redis.Redis(unix_socket_path=str(ensure_embedded()), **CLIENT_OPTIONS)
