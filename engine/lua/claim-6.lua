@@ -24,7 +24,10 @@ ARGV[6] phases        "21" (both, phase 2 first), "1" or "2"
 ARGV[7] claim ttl     ms
 ARGV[8] sweep batch   max lapsed leases handled per call
 ARGV[9] run ttl       ms; ARGV[10] retry base ms; ARGV[11] retry cap ms
-Returns: array of task JSON objects (strings), in claim order.
+Returns: flat array, 4 entries per claimed task in claim order: task id, phase
+("1"|"2"), link_post (JSON), connect_links (JSON; '' in phase 1). The caller
+joins them with the immutable fragments in `bodies` (one HMGET): building the
+JSON here would intern ~1 KB strings in Lua, which is slow (see create_request).
 Events: one per task failed by the sweep; claims do not change status and write none.
 ]]
 local K, NOW, MAXLEN = ARGV[1], tonumber(ARGV[2]), ARGV[3]
@@ -49,7 +52,7 @@ local leases = {}
 -- Claim up to `need` tasks from the folders in `index`; bind them when `bind`.
 local function drain(index, phase, bind)
   local want = (phase == 1) and 'register' or 'connect'
-  local tailf = (phase == 1) and 't1' or 't2'
+  local tag = tostring(phase)
   while need > 0 do
     local first = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
     if #first == 0 then return end
@@ -68,12 +71,13 @@ local function drain(index, phase, bind)
     local moved = {}
     for i = 1, #popped, 2 do
       local tid = popped[i]
-      local v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'h', tailf, 'lp', 'cl', 'asg')
+      local v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'lp', 'cl', 'asg')
       if v[1] == want then
-        local body = '{' .. v[2] .. ',"status":"' .. want .. '",' .. v[3] .. ',"link_post":' .. v[4]
-        if phase == 2 then body = body .. ',"connect_links":' .. v[5] end
-        out[#out + 1] = body .. '}'
-        local asg = v[6] or ''
+        out[#out + 1] = tid
+        out[#out + 1] = tag
+        out[#out + 1] = v[2]
+        out[#out + 1] = (phase == 2) and v[3] or ''
+        local asg = v[4] or ''
         if asg ~= sid then
           if asg ~= '' then redis.call('HINCRBY', K .. 'fs:' .. fid .. ':' .. asg, want, -1) end
           moved[#moved + 1] = tid

@@ -1,16 +1,23 @@
---[[ create_request-3: a request with all its folders and tasks, atomically.
+--[[ create_request-4: a request with all its folders and tasks, atomically.
 
-All or nothing: refused before any write if the request id exists or any
-folder id is already used (a Drive folder belongs to one request; the folder
-barrier and connect-status are keyed by folder id). Tasks start in `register`,
-ready in their folder; folders are unbound and indexed oldest request first.
+Runs at the end of a MULTI whose earlier commands wrote the tasks' immutable
+JSON fragments into `bodies` (`<task>:h`, `<task>:1`, `<task>:2`). The big texts
+never pass through Lua: Lua 5.1 interns every string and hashes long ones by
+sampling ~32 characters, so thousands of near-identical bodies collide and
+make a script (and Redis) crawl.
+All or nothing: refused if the request id exists or any folder id is already
+used (a Drive folder belongs to one request; the folder barrier and
+connect-status are keyed by folder id); a refusal also deletes the fragments
+the MULTI wrote, so nothing is left behind. Tasks start in `register`, ready
+in their folder; folders are unbound and indexed oldest request first.
 KEYS[1] requests   zset request id -> seq
 KEYS[2] seq        counter for task/folder/request order
 KEYS[3] fu:1       unbound folders with ready phase-1 tasks
+KEYS[4] bodies     hash of JSON fragments (written by the MULTI, removed on refusal)
 ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen
 ARGV[4] request id  ARGV[5] website  ARGV[6] stacking_mode  ARGV[7] max_retries
 ARGV[8] number of folders  ARGV[9] number of tasks
-ARGV[10..] per folder: folder_id, n, then n times: task id, head JSON, tail JSON (phase 1), tail JSON (phase 2)
+ARGV[10..] per folder: folder_id, n, then n task ids
 Derived keys: r:, rc:, rf:, f:, fc:, fr:1:, ft:, t:, stats, events.
 Returns {"ok", n_tasks} | {"exists", request id} | {"folder_in_use", folder id}
 Events: one per task ('' -> register).
@@ -20,11 +27,28 @@ local rid, website, mode, mr = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local nfolders, ntasks = tonumber(ARGV[8]), tonumber(ARGV[9])
 -- @include common
 
-if redis.call('EXISTS', K .. 'r:' .. rid) == 1 then return {'exists', rid} end
+local function refuse(code, detail)
+  local i, fields = 10, {}
+  for _ = 1, nfolders do
+    for j = 1, tonumber(ARGV[i + 1]) do
+      local tid = ARGV[i + 1 + j]
+      fields[#fields + 1] = tid .. ':h'
+      fields[#fields + 1] = tid .. ':1'
+      fields[#fields + 1] = tid .. ':2'
+    end
+    i = i + 2 + tonumber(ARGV[i + 1])
+  end
+  for j = 1, #fields, 1000 do
+    redis.call('HDEL', KEYS[4], unpack(fields, j, math.min(j + 999, #fields)))
+  end
+  return {code, detail}
+end
+
+if redis.call('EXISTS', K .. 'r:' .. rid) == 1 then return refuse('exists', rid) end
 local i = 10
 for _ = 1, nfolders do
-  if redis.call('EXISTS', K .. 'f:' .. ARGV[i]) == 1 then return {'folder_in_use', ARGV[i]} end
-  i = i + 2 + 4 * tonumber(ARGV[i + 1])
+  if redis.call('EXISTS', K .. 'f:' .. ARGV[i]) == 1 then return refuse('folder_in_use', ARGV[i]) end
+  i = i + 2 + tonumber(ARGV[i + 1])
 end
 
 local last = redis.call('INCRBY', KEYS[2], ntasks + nfolders + 1)
@@ -49,13 +73,12 @@ for _ = 1, nfolders do
     local tid = ARGV[i]
     seq = seq + 1
     redis.call('HSET', K .. 't:' .. tid, 'st', 'register', 'seq', seq, 'fo', fid, 'req', rid,
-               'h', ARGV[i + 1], 't1', ARGV[i + 2], 't2', ARGV[i + 3], 'lp', '""', 'cl', '[]',
-               'own', '', 'asg', '', 'rc', 0, 'mr', mr, 'ca', NOW)
+               'lp', '""', 'cl', '[]', 'own', '', 'asg', '', 'rc', 0, 'mr', mr, 'ca', NOW)
     ready[#ready + 1] = seq
     ready[#ready + 1] = tid
     redis.call('RPUSH', K .. 'ft:' .. fid, tid)
     emit(tid, '', 'register', 'import')
-    i = i + 4
+    i = i + 1
   end
   for j = 1, #ready, 1000 do
     redis.call('ZADD', K .. 'fr:1:' .. fid, unpack(ready, j, math.min(j + 999, #ready)))
