@@ -59,3 +59,22 @@ def snapshot(client, namespace: str) -> dict:
         elif kind == "stream":
             out[key] = client.xlen(key)
     return out
+
+
+def state(engine) -> dict:
+    return snapshot(engine.core.r, engine.core.settings.namespace)
+
+
+def assert_refused(engine, send, status: int, code: str | None = None) -> dict:
+    """``send()`` is answered with ``status`` in the error envelope and changes no key."""
+    before = state(engine)
+    resp = send()
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert body["success"] is False and isinstance(body["message"], str) and body["message"]
+    if code is None:
+        assert set(body) == {"success", "message"}
+    else:
+        assert body["code"] == code
+    assert state(engine) == before
+    return body

@@ -7,7 +7,7 @@ from starlette.testclient import TestClient
 from api.app import create_app
 from api.http import MAX_BODY
 from engine.servers import hash_key
-from tests.helpers import ids, link, online_server, request_doc, snapshot
+from tests.helpers import assert_refused, ids, link, online_server, request_doc, state
 
 ADMIN = "/api/v1/admin"
 SERVERS = f"{ADMIN}/servers"
@@ -18,25 +18,6 @@ HEALTH = "/api/v1/worker/health"
 @pytest.fixture
 def client(engine):
     return TestClient(create_app(engine))
-
-
-def state(engine) -> dict:
-    return snapshot(engine.core.r, engine.core.settings.namespace)
-
-
-def assert_refused(engine, send, status: int, code: str | None = None) -> dict:
-    """``send()`` is answered with ``status`` in the error envelope and changes no key."""
-    before = state(engine)
-    resp = send()
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert body["success"] is False and isinstance(body["message"], str) and body["message"]
-    if code is None:
-        assert set(body) == {"success", "message"}
-    else:
-        assert body["code"] == code
-    assert state(engine) == before
-    return body
 
 
 def create_server(client, **body) -> dict:

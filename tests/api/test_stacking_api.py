@@ -6,7 +6,7 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from api.http import MAX_BODY
-from tests.helpers import link, online_server, request_doc, snapshot
+from tests.helpers import assert_refused, link, online_server, request_doc, state
 
 SEED_FIELDS = ["id", "request_id", "status", "domain", "website", "title", "about", "phone",
                "address", "location", "image_url", "folder_id", "link_post"]
@@ -26,10 +26,6 @@ def worker(engine):
     """(server id, headers) of an online stacking server."""
     caller, key = online_server(engine, "w1")
     return caller.id, {"X-API-Key": key}
-
-
-def state(engine) -> dict:
-    return snapshot(engine.core.r, engine.core.settings.namespace)
 
 
 def task_ids(engine) -> list[str]:
@@ -62,21 +58,6 @@ def in_connect(engine, client, headers) -> str:
     client.post(f"{LINKS}/{task['id']}/start", headers=headers)
     assert client.post(f"{LINKS}/{task['id']}/complete", headers=headers, json={"link_post": link("a")}).json() == OK
     return task["id"]
-
-
-def assert_refused(engine, send, status: int, code: str | None = None) -> dict:
-    """``send()`` is answered with ``status`` in the error envelope and changes no key."""
-    before = state(engine)
-    resp = send()
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert body["success"] is False and isinstance(body["message"], str) and body["message"]
-    if code is None:
-        assert set(body) == {"success", "message"}
-    else:
-        assert body["code"] == code
-    assert state(engine) == before
-    return body
 
 
 # ---- pull ---------------------------------------------------------------
