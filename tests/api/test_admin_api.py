@@ -247,6 +247,38 @@ def test_get_unknown_request_is_404(engine, client):
 
 # ---- admin auth -------------------------------------------------------------
 
+def test_cancel_request_cancels_open_tasks_and_twice_cancels_nothing(engine, client):
+    rid = client.post(REQUESTS, json=request_doc(folders=2, tasks=2)).json()["data"]["request_id"]
+    assert client.post(f"{REQUESTS}/{rid}/cancel").json() == {"success": True, "data": {"cancelled": 4}}
+    assert client.post(f"{REQUESTS}/{rid}/cancel").json() == {"success": True, "data": {"cancelled": 0}}
+    assert engine.stacking.request(rid)["by_status"] == {"cancel": 4}
+    assert_refused(engine, lambda: client.post(f"{REQUESTS}/nope/cancel"), 404)
+
+
+def test_cancel_task_then_again_is_409(engine, client):
+    caller, _ = online_server(engine)
+    engine.stacking.create_request(request_doc(tasks=2))
+    [tid, _] = ids(engine.stacking.claim(caller.id, 2))
+    assert client.post(f"{ADMIN}/stacking/tasks/{tid}/cancel").json() == {"success": True}
+    assert engine.stacking.task_state(tid)["status"] == "cancel"
+    body = assert_refused(engine, lambda: client.post(f"{ADMIN}/stacking/tasks/{tid}/cancel"), 409, "invalid_state")
+    assert "cancel" in body["message"]
+    assert_refused(engine, lambda: client.post(f"{ADMIN}/stacking/tasks/nope/cancel"), 404)
+
+
+def test_release_folder_hands_it_to_another_server(engine, client):
+    a, _ = online_server(engine, "a")
+    b, _ = online_server(engine, "b")
+    engine.stacking.create_request(request_doc(tasks=3))
+    ids(engine.stacking.claim(a.id, 1))
+    assert engine.stacking.claim(b.id, 5) == []
+    release = f"{ADMIN}/stacking/folders/F0/release"
+    assert client.post(release).json() == {"success": True, "data": {"released": True}}
+    assert client.post(release).json() == {"success": True, "data": {"released": False}}
+    assert len(engine.stacking.claim(b.id, 5)) == 2
+    assert_refused(engine, lambda: client.post(f"{ADMIN}/stacking/folders/nope/release"), 404)
+
+
 ENDPOINTS = [("GET", SERVERS, None), ("POST", SERVERS, {"name": "w9"}), ("GET", f"{SERVERS}/x", None),
              ("DELETE", f"{SERVERS}/x", None), ("POST", f"{SERVERS}/x/status", {"status": "offline"}),
              ("POST", REQUESTS, request_doc()), ("GET", f"{REQUESTS}/x", None),
