@@ -89,15 +89,8 @@ class Servers:
         sid = uuid.uuid4().hex
         api_key = "thk_" + secrets.token_urlsafe(32)
         kh = hash_key(api_key)
-        now = self.core.now()
-        pipe = self.core.r.pipeline(transaction=True)  # writes only, no read: MULTI suffices
-        pipe.hset(self.k.server(sid), mapping={
-            "name": name, "services": ",".join(services), "st": "online", "hb": 0,
-            "kh": kh, "max_threads": max_threads, "metrics": "{}", "ca": now,
-        })
-        pipe.set(self.k.server_key(kh), sid)
-        pipe.zadd(self.k.servers, {sid: now})
-        pipe.execute()
+        raise_for(self.core.run("create_server", [self.k.server(sid), self.k.server_key(kh), self.k.servers],
+                                name, ",".join(services), kh, max_threads), "server")
         return {"id": sid, "name": name, "services": services, "max_threads": max_threads, "api_key": api_key}
 
     def authenticate(self, api_key: str | None) -> Caller:
@@ -132,10 +125,9 @@ class Servers:
         strings of at most 200 characters. Anything else is refused, not stored.
         """
         metrics = validate_metrics(body)
-        name = metrics.get("server_name") or ""
         ip = metrics.get("ip") or ""
         reply = raise_for(self.core.run(
-            "heartbeat", [self.k.server(caller.id)], orjson.dumps(metrics), str(name), str(ip)
+            "heartbeat", [self.k.server(caller.id)], orjson.dumps(metrics), ip
         ), "server")
         return {"status": "ok", "server_id": caller.id, "server_name": reply[2].decode()}
 

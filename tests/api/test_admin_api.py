@@ -53,6 +53,14 @@ def test_create_server_with_bad_input_is_400(engine, client, body):
     assert_refused(engine, lambda: client.post(SERVERS, json=body), 400)
 
 
+def test_server_names_are_unique_so_a_retried_create_is_409(engine, client):
+    first = create_server(client)
+    body = assert_refused(engine, lambda: client.post(SERVERS, json={"name": "w1"}), 409, "invalid_state")
+    assert "w1" in body["message"]
+    client.delete(f"{SERVERS}/{first['id']}")
+    assert create_server(client)["id"] != first["id"]  # a deleted server's name is free again
+
+
 def test_server_list_and_get_never_show_the_key_or_its_hash(engine, client):
     data = create_server(client)
     key = data["api_key"]

@@ -352,13 +352,16 @@ def test_server_set_out_of_service_by_operator_is_403_not_online(engine, client,
 # ---- health ---------------------------------------------------------------
 
 def test_health_records_metrics_and_returns_ok_with_server_time_in_utc(engine, client, worker, clock):
+    """The reported server_name is kept with the metrics; the registered name (unique,
+    set by operators) is what the response and the server list show."""
     resp = client.post(HEALTH, headers=worker[1], json={"server_name": "renamed", "cpu_usage": 12.5, "active_tasks": 4})
     assert resp.status_code == 200
     server_time = resp.json()["data"]["server_time"]
     assert resp.json() == {"success": True, "data": {"status": "ok", "server_id": worker[0],
-                                                     "server_name": "renamed", "server_time": server_time}}
+                                                     "server_name": "w1", "server_time": server_time}}
     server = engine.servers.get(worker[0])
-    assert (server["name"], server["active_tasks"], server["free_slots"]) == ("renamed", 4, 6)
+    assert (server["name"], server["active_tasks"], server["free_slots"]) == ("w1", 4, 6)
+    assert server["metrics"]["server_name"] == "renamed"
     assert server_time.endswith("Z")
     assert datetime.fromisoformat(server_time[:-1] + "+00:00") == datetime.fromtimestamp(clock.ms / 1000, timezone.utc)
 
