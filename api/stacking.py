@@ -2,6 +2,12 @@
 
 Envelope: ``{"success": true, ...}``; errors ``{"success": false, "message",
 "code"?}``. Every handler: authenticate, parse, one engine call, render.
+
+Handlers are ``async`` and call the synchronous engine directly. Each call is
+one or two bounded Redis round trips (a 1000-task pull is ~10 ms of Redis
+time), so a thread pool would cost more per request than it saves; a web
+process serves one engine call at a time and the API scales with processes
+(``TASKHUB_WEB_WORKERS``). Measured in BENCHMARKS.md.
 """
 from __future__ import annotations
 
