@@ -12,8 +12,6 @@ import hmac
 from starlette.requests import Request
 from starlette.routing import Route
 
-from engine.errors import InvalidInput
-
 from .http import JSON, MAX_BULK_BODY, Forbidden, Unauthorized, read_json
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost", "testclient")
@@ -35,16 +33,8 @@ def _operator(request: Request):
 async def create_server(request: Request) -> JSON:
     eng = _operator(request)
     body = await read_json(request)
-    max_threads = body.get("max_threads", 10)
-    services = body.get("services", ["stacking"])
-    if isinstance(services, str):
-        services = services.split(",")
-    if not isinstance(services, list) or not all(isinstance(s, str) for s in services):
-        raise InvalidInput("services must be a list of strings")
-    name = body.get("name")
-    if not isinstance(name, str):
-        raise InvalidInput("name is required")
-    return JSON({"success": True, "data": eng.servers.create(name, services, max_threads)}, status_code=201)
+    created = eng.servers.create(body.get("name"), body.get("services"), body.get("max_threads", 10))
+    return JSON({"success": True, "data": created}, status_code=201)
 
 
 async def list_servers(request: Request) -> JSON:

@@ -94,7 +94,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 def cmd_server(args: argparse.Namespace) -> int:
     eng = _engine()
     if args.action == "create":
-        created = eng.servers.create(args.name, args.services.split(","), args.max_threads)
+        created = eng.servers.create(args.name, args.services, args.max_threads)
         _print(created)
         print("store the api_key now: it is not kept and cannot be shown again", file=sys.stderr)
     elif args.action == "list":

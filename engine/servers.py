@@ -13,6 +13,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -76,12 +77,21 @@ class Servers:
         self.core = core
         self.k = core.keys
 
-    def create(self, name: str, services: list[str] | None = None, max_threads: int = 10) -> dict:
-        """Create a server; the returned ``api_key`` is never stored and cannot be shown again."""
-        name = (name or "").strip()
-        if not name or len(name) > 200:
-            raise InvalidInput("name is required (at most 200 characters)")
-        services = [s.strip() for s in (["stacking"] if services is None else services) if s and s.strip()]
+    def create(self, name: Any, services: Any = None, max_threads: Any = 10) -> dict:
+        """Create a server; the returned ``api_key`` is never stored and cannot be shown again.
+
+        ``services``: a list of names or a comma-separated string (default ``["stacking"]``).
+        """
+        if not isinstance(name, str) or not name.strip() or len(name.strip()) > 200:
+            raise InvalidInput("name is required (a string of at most 200 characters)")
+        name = name.strip()
+        if services is None:
+            services = ["stacking"]
+        elif isinstance(services, str):
+            services = services.split(",")
+        if not isinstance(services, list) or not all(isinstance(s, str) for s in services):
+            raise InvalidInput("services must be a list of strings")
+        services = [s.strip() for s in services if s.strip()]
         if not services:
             raise InvalidInput("at least one service is required")
         if not isinstance(max_threads, int) or isinstance(max_threads, bool) or not 1 <= max_threads <= 100_000:
