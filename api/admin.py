@@ -83,6 +83,11 @@ async def release_folder(request: Request) -> JSON:
     return JSON({"success": True, "data": {"released": released}})
 
 
+async def stats(request: Request) -> JSON:
+    """Task counts by status over every stacking task (O(1): one counters hash)."""
+    return JSON({"success": True, "data": _operator(request).stacking.stats()})
+
+
 BULK_PREFIXES = ("/api/v1/admin/stacking/requests",)
 routes = [
     Route("/api/v1/admin/servers", create_server, methods=["POST"]),
@@ -90,6 +95,7 @@ routes = [
     Route("/api/v1/admin/servers/{server_id}", get_server, methods=["GET"]),
     Route("/api/v1/admin/servers/{server_id}", delete_server, methods=["DELETE"]),
     Route("/api/v1/admin/servers/{server_id}/status", set_server_status, methods=["POST"]),
+    Route("/api/v1/admin/stacking/stats", stats, methods=["GET"]),
     Route("/api/v1/admin/stacking/requests", create_request, methods=["POST"]),
     Route("/api/v1/admin/stacking/requests/{request_id}", get_request, methods=["GET"]),
     Route("/api/v1/admin/stacking/requests/{request_id}/cancel", cancel_request, methods=["POST"]),

@@ -39,6 +39,10 @@ def cmd_redis(args: argparse.Namespace) -> int:
         return 0
     from engine.connection import embedded_pid, ensure_embedded, process_alive, stop_embedded, var_dir
 
+    if args.stop:
+        stop_embedded()
+        print("embedded redis stopped (data saved)" if embedded_pid() else "no embedded redis was running")
+        return 0
     sock = ensure_embedded()
     pid = embedded_pid()
     print(f"embedded redis (pid {pid}) on unix://{sock}, data in {var_dir()}", flush=True)
@@ -138,6 +142,14 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    eng = _engine()
+    servers = eng.servers.list()
+    _print({"tasks": eng.stacking.stats(),
+            "servers": {"total": len(servers), "online": sum(1 for s in servers if s["online"])}})
+    return 0
+
+
 def cmd_request(args: argparse.Namespace) -> int:
     eng = _engine()
     if args.action == "show":
@@ -162,7 +174,10 @@ def cmd_folder(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="taskhub", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("redis", help="run the embedded Redis in the foreground").set_defaults(func=cmd_redis)
+    red = sub.add_parser("redis", help="run the embedded Redis in the foreground (saved and stopped on exit)")
+    red.add_argument("--stop", action="store_true", help="save and stop a running embedded Redis, then exit")
+    red.set_defaults(func=cmd_redis)
+    sub.add_parser("stats", help="task counts by status, and servers").set_defaults(func=cmd_stats)
     web = sub.add_parser("web", help="serve the HTTP API")
     web.add_argument("--host", default=os.environ.get("TASKHUB_HOST", "127.0.0.1"))
     web.add_argument("--port", type=int, default=int(os.environ.get("TASKHUB_PORT", "8000")))

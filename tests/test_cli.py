@@ -47,6 +47,8 @@ def test_import_a_list_of_requests_each_atomic(env, tmp_path, capsys):
     rid = out.split("request ", 1)[1].split(":", 1)[0]
     assert main(["request", "show", rid]) == 0
     assert json.loads(capsys.readouterr().out)["total_tasks"] == 6
+    assert main(["stats"]) == 0
+    assert json.loads(capsys.readouterr().out)["tasks"] == {"register": 6}
     assert main(["folder", "release", "CLI-A0"]) == 0
     assert main(["request", "cancel", rid]) == 0
     assert "cancelled 6 tasks" in capsys.readouterr().out

@@ -274,6 +274,12 @@ def test_cancel_task_then_again_is_409(engine, client):
     assert_refused(engine, lambda: client.post(f"{ADMIN}/stacking/tasks/nope/cancel"), 404)
 
 
+def test_stats_counts_tasks_by_status(engine, client):
+    assert client.get(f"{ADMIN}/stacking/stats").json() == {"success": True, "data": {}}
+    client.post(REQUESTS, json=request_doc(folders=2, tasks=3))
+    assert client.get(f"{ADMIN}/stacking/stats").json() == {"success": True, "data": {"register": 6}}
+
+
 def test_release_folder_hands_it_to_another_server(engine, client):
     a, _ = online_server(engine, "a")
     b, _ = online_server(engine, "b")
@@ -291,7 +297,7 @@ ENDPOINTS = [("GET", SERVERS, None), ("POST", SERVERS, {"name": "w9"}), ("GET", 
              ("DELETE", f"{SERVERS}/x", None), ("POST", f"{SERVERS}/x/status", {"status": "offline"}),
              ("POST", REQUESTS, request_doc()), ("GET", f"{REQUESTS}/x", None),
              ("POST", f"{REQUESTS}/x/cancel", None), ("POST", f"{ADMIN}/stacking/tasks/x/cancel", None),
-             ("POST", f"{ADMIN}/stacking/folders/F0/release", None)]
+             ("POST", f"{ADMIN}/stacking/folders/F0/release", None), ("GET", f"{ADMIN}/stacking/stats", None)]
 
 
 @pytest.mark.parametrize("method,path,body", ENDPOINTS)
