@@ -36,34 +36,37 @@ class Caller:
 
 
 METRIC_MAX = 1_000_000
-USAGE_FIELDS = ("cpu_usage", "ram_usage", "disk_usage")
-COUNT_FIELDS = ("active_threads", "active_tasks")
-TEXT_FIELDS = ("server_name", "ip")
+
+
+def _usage(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v <= METRIC_MAX
+
+
+def _count(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, int) and 0 <= v <= METRIC_MAX
+
+
+def _text(v: Any) -> bool:
+    return isinstance(v, str) and len(v) <= 200
+
+
+# heartbeat field -> (check, what the error message says it must be)
+METRIC_FIELDS = {
+    **{f: (_usage, f"a number between 0 and {METRIC_MAX}") for f in ("cpu_usage", "ram_usage", "disk_usage")},
+    **{f: (_count, f"an integer between 0 and {METRIC_MAX}") for f in ("active_threads", "active_tasks")},
+    **{f: (_text, "a string of at most 200 characters") for f in ("server_name", "ip")},
+}
 
 
 def validate_metrics(body: dict) -> dict:
     """The documented heartbeat fields of ``body``, checked; raises InvalidInput."""
     out: dict = {}
-    for field in USAGE_FIELDS:
+    for field, (valid, must_be) in METRIC_FIELDS.items():
         value = body.get(field)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= METRIC_MAX:
-            raise InvalidInput(f"{field} must be a number between 0 and {METRIC_MAX}")
-        out[field] = value
-    for field in COUNT_FIELDS:
-        value = body.get(field)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= METRIC_MAX:
-            raise InvalidInput(f"{field} must be an integer between 0 and {METRIC_MAX}")
-        out[field] = value
-    for field in TEXT_FIELDS:
-        value = body.get(field)
-        if value is None:
-            continue
-        if not isinstance(value, str) or len(value) > 200:
-            raise InvalidInput(f"{field} must be a string of at most 200 characters")
+        if not valid(value):
+            raise InvalidInput(f"{field} must be {must_be}")
         out[field] = value
     return out
 

@@ -55,5 +55,9 @@ def test_import_a_list_of_requests_each_atomic(env, tmp_path, capsys):
     assert env.stacking.stats() == {"cancel": 6}
 
 
-def test_connect_uses_redis_url(env, real_redis_socket):
-    assert connect().ping()
+def test_connect_uses_redis_url_and_never_resends_commands(env, real_redis_socket):
+    client = connect()
+    kwargs = client.connection_pool.connection_kwargs
+    assert kwargs["path"] == real_redis_socket  # REDIS_URL, not the embedded server
+    assert kwargs["retry"].get_retries() == 0 and kwargs["socket_timeout"] is None
+    assert client.ping()
