@@ -42,7 +42,8 @@ class Settings:
     retry_cap_ms: int = 3_600_000
     sweep_batch: int = 100
     events_maxlen: int = 100_000
-    max_request_tasks: int = 10_000
+    max_request_tasks: int = 100_000
+    import_stale_ms: int = 600_000
     admin_token: str = ""
     clock: Clock = field(default=wall_clock_ms)
 
@@ -58,6 +59,7 @@ class Settings:
             retry_cap_ms=_env_seconds_ms("TASKHUB_RETRY_CAP", 3600),
             sweep_batch=_env_int("TASKHUB_SWEEP_BATCH", 100),
             events_maxlen=_env_int("TASKHUB_EVENTS_MAXLEN", 100_000),
-            max_request_tasks=_env_int("TASKHUB_MAX_REQUEST_TASKS", 10_000),
+            max_request_tasks=_env_int("TASKHUB_MAX_REQUEST_TASKS", 100_000),
+            import_stale_ms=_env_seconds_ms("TASKHUB_IMPORT_STALE", 600),
             admin_token=os.environ.get("TASKHUB_ADMIN_TOKEN", ""),
         )

@@ -59,6 +59,10 @@ class Keys:
     def requests(self) -> str:
         return self._k("requests")
 
+    @property
+    def imports(self) -> str:
+        return self._k("imports")
+
     # leases, retries, counters, events
     @property
     def claim_leases(self) -> str:

@@ -3,20 +3,32 @@
 Python validates input and shapes output; every state change is one script in
 ``engine/lua`` (create_request, claim, start, complete, fail, retry, sweep).
 
-Task bodies are pre-encoded at import into the ``bodies`` hash: ``<id>:h``
-holds ``"id":..,"request_id":..`` and ``<id>:1``/``<id>:2`` hold the remaining
-documented fields for phase 1 and phase 2 (``about`` as HTML or as plain text).
-A pull is the claim script (ids and the few live fields) plus one HMGET of the
-fragments, joined here as bytes: a 1000-task pull is never decoded and
-re-encoded, and the ~1 KB texts never pass through Lua, whose string interning
-makes long near-identical strings slow (measured: BENCHMARKS.md).
+A task's documented fields that never change (domain, website, title, about as
+HTML, phone, address, location, image_url) are one pre-encoded JSON fragment,
+stored once in the ``bodies`` hash under the task id. The fields that do change
+(status, link_post, connect_links) and the ids (id, request_id, folder_id) come
+from the task hash. A pull is the claim script (ids and the few live fields)
+plus one HMGET of the bodies, joined here as bytes: a 1000-task pull is never
+decoded and re-encoded, and the ~1 KB texts never pass through Lua, whose
+string interning makes long near-identical strings slow (BENCHMARKS.md).
+Phase 2 shows ``about`` as plain text: it is derived from the stored HTML when
+the task is rendered (``html_to_text``, cached), not stored a second time.
+
+Imports are chunked (``import_begin``, ``import_tasks`` per ``IMPORT_CHUNK``
+tasks, ``import_publish``) so that no script call holds Redis for more than a
+few milliseconds, yet no puller sees a request before all of it is stored:
+its folders enter the claim index only when it is published. An importer that
+dies midway leaves a request in status ``importing``; ``recover_imports`` (an
+RQ job) rolls it back, or finishes publishing it, once it has been idle for
+``TASKHUB_IMPORT_STALE`` seconds.
 """
 from __future__ import annotations
 
+import html
 import re
 import uuid
-from html.parser import HTMLParser
-from typing import Any
+from functools import lru_cache
+from typing import Any, Iterator
 
 import orjson
 
@@ -31,39 +43,51 @@ TERMINAL = ("completed", "final_failed", "cancel")
 TEXT_FIELDS = ("website", "title", "about", "phone", "address", "location", "image_url")
 PULL_STATUSES = {None: "21", "": "21", "register": "1", "connect": "2"}
 MAX_FIELD = 100_000
+MAX_FOLDER_TASKS = 1000  # bounds the barrier script, which moves a whole folder at once
 MAX_MESSAGE = 1000
 
 
-class _TextExtractor(HTMLParser):
-    BLOCK = {"p", "br", "div", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "ul", "ol", "blockquote"}
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: Any) -> None:
-        if tag in self.BLOCK:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.BLOCK:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        self.parts.append(data)
+_BLOCK = frozenset({"p", "br", "div", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "ul", "ol", "blockquote"})
+# A start or end tag (attribute values may hold '>'), a comment, or a declaration.
+_MARKUP = re.compile(r"""<(/?)([A-Za-z][A-Za-z0-9:-]*)(?:[^>"']|"[^"]*"|'[^']*')*>|<!--.*?-->|<![^>]*>|<\?[^>]*>""",
+                     re.S)
+_SPACE = re.compile(r"[ \t\r\f\v]+")
 
 
+def _markup(m: re.Match[str]) -> str:
+    name = m.group(2)
+    return "\n" if name and name.lower() in _BLOCK else ""
+
+
+@lru_cache(maxsize=4096)
 def html_to_text(markup: str) -> str:
-    """Phase-2 ``about``: tags stripped, entities decoded (once), block elements as line breaks."""
-    parser = _TextExtractor()
-    parser.feed(markup)
-    parser.close()
-    lines = (re.sub(r"[ \t\r\f\v]+", " ", line).strip() for line in "".join(parser.parts).split("\n"))
+    """Phase-2 ``about``: tags stripped, entities decoded (once), block elements as line breaks.
+
+    A regular expression rather than ``html.parser``: 5-10x faster, which
+    matters because it runs when a phase-2 task is rendered, and cached because
+    templated requests repeat one ``about`` across thousands of tasks.
+    """
+    text = html.unescape(_MARKUP.sub(_markup, markup)) if "<" in markup or "&" in markup else markup
+    lines = (_SPACE.sub(" ", line).strip() for line in text.split("\n"))
     return "\n".join(line for line in lines if line)
 
 
-def _fragment(obj: dict) -> bytes:
-    return orjson.dumps(obj)[1:-1]
+def _validate_task(task: Any, where: str) -> None:
+    if not isinstance(task, dict):
+        raise InvalidInput(f"{where} must be an object")
+    if task.get("domain") not in DOMAINS:
+        raise InvalidInput(f"{where}.domain must be one of {', '.join(DOMAINS)}")
+    for f in TEXT_FIELDS:
+        _text(task.get(f), f"{where}.{f}", required=f == "title")
+
+
+def _body(task: dict, website: str) -> bytes:
+    """The stored body of a validated task: its immutable documented fields, in the
+    seed's order, as a JSON fragment (no braces), ``about`` as HTML."""
+    g = task.get
+    return orjson.dumps({"domain": g("domain"), "website": g("website") or website, "title": g("title"),
+                         "about": g("about") or "", "phone": g("phone") or "", "address": g("address") or "",
+                         "location": g("location") or "", "image_url": g("image_url") or ""})[1:-1]
 
 
 def _https_url(value: Any, field: str) -> str:
@@ -84,15 +108,33 @@ def _text(value: Any, field: str, limit: int = MAX_FIELD, required: bool = False
     return value
 
 
-def render_task(head: bytes, status: bytes, tail: bytes, link_post: bytes, connect_links: bytes | None) -> bytes:
-    """A task's documented JSON object from its fragments, in the seed's field order."""
-    body = b"{" + head + b',"status":"' + status + b'",' + tail + b',"link_post":' + link_post
+_ABOUT, _PHONE = b',"about":', b',"phone":'
+
+
+def phase2_body(body: bytes) -> bytes:
+    """``body`` with ``about`` as plain text. JSON escapes every '"' inside a
+    string, so the key sequences found here can only be the keys themselves."""
+    head, rest = body.split(_ABOUT, 1)
+    about, tail = rest.split(_PHONE, 1)
+    return head + _ABOUT + orjson.dumps(html_to_text(orjson.loads(about))) + _PHONE + tail
+
+
+def render_task(tid: bytes, rid: bytes, status: bytes, body: bytes, fid: bytes, link_post: bytes,
+                connect_links: bytes | None) -> bytes:
+    """A task's documented JSON object, in the seed's field order. ``rid``/``fid``
+    are JSON strings; ``body`` is the stored fragment (phase-2 ``about`` already
+    applied by the caller); ``connect_links`` is given in phase 2 only."""
+    out = (b'{"id":"' + tid + b'","request_id":' + rid + b',"status":"' + status + b'",' + body
+           + b',"folder_id":' + fid + b',"link_post":' + link_post)
     if connect_links is not None:
-        body += b',"connect_links":' + connect_links
-    return body + b"}"
+        out += b',"connect_links":' + connect_links
+    return out + b"}"
 
 
 PULL_STATUS = {b"1": b"register", b"2": b"connect"}
+IMPORT_CHUNK = 1000  # tasks per import_tasks call: a few ms of Redis time each (BENCHMARKS.md)
+PUBLISH_BATCH = 2000  # folders per import_publish call
+CANCEL_BATCH = 1000  # tasks looked at per cancel_request call (whole folders)
 
 
 class Stacking:
@@ -103,11 +145,74 @@ class Stacking:
 
     # ---- operator side -------------------------------------------------
     def create_request(self, spec: Any) -> dict:
-        """Validate a request document and store it atomically; returns ids and counts.
+        """Validate a request document and store it, all or nothing; returns ids and counts.
 
         ``spec``: ``{"website", "stacking_mode"?, "max_retries"?, "id"?, "folders":
-        [{"folder_id", "tasks": [{"domain", "title", "about"?, ...}]}]}``.
+        [{"folder_id", "tasks": [{"domain", "title", "about"?, ...}]}]}``, at most
+        ``max_request_tasks`` tasks. Everything is validated before the first
+        write; then the request is stored in chunks and published (module
+        docstring). Raises InvalidInput, or Conflict when the request id or a
+        folder id is already used (then nothing is left behind).
         """
+        rid, website, mode, mr, folders = self._validate_request(spec)
+        ntasks = sum(len(tasks) for _, tasks in folders)
+        k, run = self.k, self.core.run
+        self._refuse_used_folders([fid for fid, _ in folders])
+        token = uuid.uuid4().hex
+        first = int(raise_for(run("import_begin", [k.request(rid), k.seq, k.imports], token, website, mode, mr,
+                                  len(folders), ntasks), "request")[1])
+        try:
+            for args, bodies in self._chunks(folders, first, website):
+                pipe = self.core.r.pipeline(transaction=True)
+                pipe.hset(k.bodies, mapping=bodies)
+                run("import_tasks", [k.request(rid), k.bodies], token, *args, client=pipe)
+                raise_for(pipe.execute()[-1], "request")
+        except BaseException:
+            self._abort_import(rid, token)
+            raise
+        while int(raise_for(run("import_publish", [k.request(rid)], token, PUBLISH_BATCH), "request")[1]) > 0:
+            pass
+        return {"request_id": rid, "folders": len(folders), "tasks": ntasks}
+
+    def _refuse_used_folders(self, fids: list[str]) -> None:
+        """Refuse a folder id another request already uses before anything is written.
+
+        Only a fast path for the common refusal (import_tasks re-checks each
+        folder atomically): checked here, a refused import does not even move
+        the order counter. One EXISTS per 1000 folders.
+        """
+        r, k = self.core.r, self.k
+        for i in range(0, len(fids), 1000):
+            batch = fids[i:i + 1000]
+            if r.exists(*(k.folder(fid) for fid in batch)):
+                pipe = r.pipeline(transaction=False)
+                for fid in batch:
+                    pipe.exists(k.folder(fid))
+                used = next(fid for fid, n in zip(batch, pipe.execute()) if n)
+                raise_for([b"folder_in_use", used.encode()], "request")
+
+    def _abort_import(self, rid: str, token: str) -> None:
+        """Best effort: if this fails too, ``recover_imports`` rolls the import back later."""
+        try:
+            while True:
+                reply = self.core.run("import_abort", [self.k.request(rid)], token, IMPORT_CHUNK, 0)
+                if reply[0] != b"ok" or int(reply[2]) == 0:
+                    return
+        except Exception:  # noqa: BLE001 - the original error is the one to raise
+            pass
+
+    def recover_imports(self, stale_ms: int, batch: int = IMPORT_CHUNK) -> dict:
+        """Roll back (or finish publishing) imports idle for ``stale_ms``: one bounded step each."""
+        ids = self.core.r.zrangebyscore(self.k.imports, "-inf", self.core.now() - stale_ms, start=0, num=100)
+        out = {"aborted": 0, "published": 0, "left": 0}
+        for rid in ids:
+            reply = self.core.run("import_abort", [self.k.request(rid.decode())], "", batch, stale_ms)
+            if reply[0] == b"ok":
+                out[reply[1].decode()] += 1
+                out["left"] += int(reply[2])
+        return out
+
+    def _validate_request(self, spec: Any) -> tuple[str, str, str, int, list[tuple[str, list]]]:
         if not isinstance(spec, dict):
             raise InvalidInput("request must be a JSON object")
         website = _https_url(spec.get("website"), "website")
@@ -122,8 +227,7 @@ class Stacking:
         folders = spec.get("folders")
         if not isinstance(folders, list) or not folders:
             raise InvalidInput("folders must be a non-empty list")
-        args: list[Any] = []
-        fragments: dict[str, bytes] = {}
+        out: list[tuple[str, list]] = []
         seen: set[str] = set()
         ntasks = 0
         for fi, folder in enumerate(folders):
@@ -136,45 +240,42 @@ class Stacking:
             tasks = folder.get("tasks")
             if not isinstance(tasks, list) or not tasks:
                 raise InvalidInput(f"folders[{fi}].tasks must be a non-empty list")
+            if len(tasks) > MAX_FOLDER_TASKS:
+                raise InvalidInput(f"folders[{fi}] holds more than {MAX_FOLDER_TASKS} tasks")
             ntasks += len(tasks)
             if ntasks > self.s.max_request_tasks:
                 raise InvalidInput(f"a request holds at most {self.s.max_request_tasks} tasks")
-            args += [fid, len(tasks)]
             for ti, task in enumerate(tasks):
-                tid, head, tail1, tail2 = self._encode_task(task, f"folders[{fi}].tasks[{ti}]", rid, fid, website)
-                args.append(tid)
-                fragments.update({f"{tid}:h": head, f"{tid}:1": tail1, f"{tid}:2": tail2})
-        # One MULTI: blind writes of the fragments (fresh ids), then the script that
-        # checks, indexes, and removes the fragments again if it refuses.
-        pipe = self.core.r.pipeline(transaction=True)
-        items = list(fragments.items())
-        for i in range(0, len(items), 3000):
-            pipe.hset(self.k.bodies, mapping=dict(items[i:i + 3000]))
-        self.core.run("create_request", [self.k.requests, self.k.seq, self.k.unbound(1), self.k.bodies],
-                      rid, website, mode, mr, len(folders), ntasks, *args, client=pipe)
-        reply = raise_for(pipe.execute()[-1], "request")
-        return {"request_id": rid, "folders": len(folders), "tasks": int(reply[1])}
+                _validate_task(task, f"folders[{fi}].tasks[{ti}]")
+            out.append((fid, tasks))
+        return rid, website, mode, mr, out
 
     @staticmethod
-    def _encode_task(task: Any, where: str, rid: str, fid: str, website: str) -> list:
-        if not isinstance(task, dict):
-            raise InvalidInput(f"{where} must be an object")
-        domain = task.get("domain")
-        if domain not in DOMAINS:
-            raise InvalidInput(f"{where}.domain must be one of {', '.join(DOMAINS)}")
-        values = {f: _text(task.get(f), f"{where}.{f}") for f in TEXT_FIELDS}
-        values["title"] = _text(task.get("title"), f"{where}.title", required=True)
-        values["website"] = values["website"] or website
-        tid = str(uuid.uuid4())
-        head = _fragment({"id": tid, "request_id": rid})
+    def _chunks(folders: list[tuple[str, list]], first: int, website: str) -> Iterator[tuple[list, dict]]:
+        """``import_tasks`` arguments and bodies, ``IMPORT_CHUNK`` tasks at a time.
 
-        def tail(about: str) -> bytes:
-            return _fragment({"domain": domain, "website": values["website"], "title": values["title"],
-                              "about": about, "phone": values["phone"], "address": values["address"],
-                              "location": values["location"], "image_url": values["image_url"],
-                              "folder_id": fid})
-
-        return [tid, head, tail(values["about"]), tail(html_to_text(values["about"]))]
+        Order numbers follow the document: the request has ``first``, then each
+        folder, then its tasks (a folder may be split across chunks).
+        """
+        groups: list[list] = []
+        bodies: dict[str, bytes] = {}
+        seq = first
+        for fid, tasks in folders:
+            seq += 1
+            fseq, done = seq, 0
+            while done < len(tasks):
+                take = min(len(tasks) - done, IMPORT_CHUNK - len(bodies))
+                ids = [str(uuid.uuid4()) for _ in range(take)]
+                for tid, task in zip(ids, tasks[done:done + take]):
+                    bodies[tid] = _body(task, website)
+                groups.append([fid, fseq, len(tasks), seq + 1, take, *ids])
+                seq += take
+                done += take
+                if len(bodies) >= IMPORT_CHUNK:
+                    yield [len(groups), *(a for g in groups for a in g)], bodies
+                    groups, bodies = [], {}
+        if bodies:
+            yield [len(groups), *(a for g in groups for a in g)], bodies
 
     def request(self, rid: str) -> dict:
         """A request with its counts and per-folder progress (all O(1) counters)."""
@@ -212,7 +313,11 @@ class Stacking:
 
     def cancel_request(self, rid: str, actor: str = "operator") -> int:
         """Cancel every non-terminal task of a request; returns how many were cancelled."""
-        return int(raise_for(self.core.run("cancel_request", [self.k.request(rid)], actor), "request")[1])
+        cancelled, left = 0, 1
+        while left:
+            reply = raise_for(self.core.run("cancel_request", [self.k.request(rid)], actor, CANCEL_BATCH), "request")
+            cancelled, left = cancelled + int(reply[1]), int(reply[2])
+        return cancelled
 
     def release_folder(self, folder_id: str) -> bool:
         """Unbind a folder from its server; False when it was not bound."""
@@ -221,43 +326,56 @@ class Stacking:
     # ---- worker side ---------------------------------------------------
     def claim(self, server_id: str, limit: int = 5, status: str | None = None) -> list[bytes]:
         """Pull-and-claim up to ``limit`` tasks; returns their JSON objects (bytes)."""
-        flat = self.claim_raw(server_id, limit, status)
-        if not flat:
-            return []
-        fields = []
-        for i in range(0, len(flat), 4):
-            fields += (flat[i] + b":h", flat[i] + b":" + flat[i + 1])
-        frags = self.core.r.hmget(self.k.bodies, fields)
-        return [
-            render_task(frags[i // 2], PULL_STATUS[flat[i + 1]], frags[i // 2 + 1], flat[i + 2],
-                        flat[i + 3] if flat[i + 1] == b"2" else None)
-            for i in range(0, len(flat), 4)
-        ]
+        flat, bodies = self.claim_raw(server_id, limit, status)
+        quoted: dict[bytes, bytes] = {}
 
-    def claim_raw(self, server_id: str, limit: int = 5, status: str | None = None) -> list[bytes]:
-        """The claim script alone: flat ``[id, phase, link_post, connect_links] * n``."""
+        def q(v: bytes) -> bytes:
+            out = quoted.get(v)
+            if out is None:
+                out = quoted[v] = orjson.dumps(v.decode())
+            return out
+
+        out = []
+        for j, i in enumerate(range(0, len(flat), 6)):
+            phase2 = flat[i + 1] == b"2"
+            body = phase2_body(bodies[j]) if phase2 else bodies[j]
+            out.append(render_task(flat[i], q(flat[i + 5]), PULL_STATUS[flat[i + 1]], body, q(flat[i + 4]),
+                                   flat[i + 2], flat[i + 3] if phase2 else None))
+        return out
+
+    def claim_raw(self, server_id: str, limit: int = 5, status: str | None = None) -> tuple[list[bytes], list]:
+        """The bare Redis work of a pull: the claim script, then one HMGET of the bodies.
+
+        Returns the script's flat ``[id, phase, link_post, connect_links, folder, request] * n``
+        and the bodies in the same order.
+        """
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
             raise InvalidInput("limit must be an integer between 1 and 1000")
         if status not in PULL_STATUSES:
             raise InvalidInput("status must be register or connect")
         k, s = self.k, self.s
-        return self.core.run(
+        flat = self.core.run(
             "claim",
             [k.unbound(1), k.unbound(2), k.bound(1, server_id), k.bound(2, server_id), k.claim_leases, k.run_leases],
             server_id, limit, PULL_STATUSES[status], s.claim_ttl_ms, s.sweep_batch,
             s.run_ttl_ms, s.retry_base_ms, s.retry_cap_ms,
         )
+        if not flat:
+            return flat, []
+        return flat, self.core.r.hmget(k.bodies, flat[0::6])
 
     def get_task(self, task_id: str) -> bytes:
         """One task's JSON object; no claim, no change."""
         pipe = self.core.r.pipeline(transaction=False)
-        pipe.hmget(self.k.task(task_id), "st", "lp", "cl", "ph")
-        pipe.hmget(self.k.bodies, f"{task_id}:h", f"{task_id}:1", f"{task_id}:2")
-        (st, lp, cl, ph), (head, tail1, tail2) = pipe.execute()
-        if st is None or head is None:
+        pipe.hmget(self.k.task(task_id), "st", "lp", "cl", "ph", "fo", "req")
+        pipe.hget(self.k.bodies, task_id)
+        (st, lp, cl, ph, fo, req), body = pipe.execute()
+        if st is None or body is None:
             raise NotFound("task not found")
         phase2 = ph == b"2"
-        return render_task(head, st, tail2 if phase2 else tail1, lp, cl if phase2 else None)
+        return render_task(task_id.encode(), orjson.dumps(req.decode()), st,
+                           phase2_body(body) if phase2 else body, orjson.dumps(fo.decode()),
+                           lp or b'""', cl if phase2 else None)
 
     def task_state(self, task_id: str) -> dict:
         """Internal fields of a task (operators and tests): status, owner, retries, error."""

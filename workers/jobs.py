@@ -66,3 +66,11 @@ def reassign_folders(eng: Engine | None = None) -> dict:
     e = eng or engine()
     return _logged("reassign_folders", lambda: _until_done(
         e.stacking.reassign_gone_servers, lambda r: r["folders_released"] > 0))
+
+
+def recover_imports(eng: Engine | None = None) -> dict:
+    """Roll back imports whose importer died before storing every task; finish publishing the rest."""
+    e = eng or engine()
+    stale = e.core.settings.import_stale_ms
+    return _logged("recover_imports", lambda: _until_done(
+        lambda: e.stacking.recover_imports(stale), lambda r: r["aborted"] + r["published"] > 0))

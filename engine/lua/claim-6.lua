@@ -24,10 +24,11 @@ ARGV[6] phases        "21" (both, phase 2 first), "1" or "2"
 ARGV[7] claim ttl     ms
 ARGV[8] sweep batch   max lapsed leases handled per call
 ARGV[9] run ttl       ms; ARGV[10] retry base ms; ARGV[11] retry cap ms
-Returns: flat array, 4 entries per claimed task in claim order: task id, phase
-("1"|"2"), link_post (JSON), connect_links (JSON; '' in phase 1). The caller
-joins them with the immutable fragments in `bodies` (one HMGET): building the
-JSON here would intern ~1 KB strings in Lua, which is slow (see create_request).
+Returns: flat array, 6 entries per claimed task in claim order: task id, phase
+("1"|"2"), link_post (JSON), connect_links (JSON; '' in phase 1), folder id,
+request id. The caller joins them with the task's immutable body in `bodies`
+(one HMGET): building the JSON here would intern ~1 KB strings in Lua, which
+is slow (see import_tasks).
 Events: one per task failed by the sweep; claims do not change status and write none.
 ]]
 local K, NOW, MAXLEN = ARGV[1], tonumber(ARGV[2]), ARGV[3]
@@ -60,6 +61,7 @@ local function drain(index, phase, bind)
     local rk = K .. 'fr:' .. phase .. ':' .. fid
     local popped = redis.call('ZPOPMIN', rk, need)
     redis.call('ZREM', index, fid)
+    local rid = redis.call('HGET', K .. 'f:' .. fid, 'req')
     if bind then
       redis.call('HSET', K .. 'f:' .. fid, 'srv', sid)
       redis.call('SADD', K .. 'sf:' .. sid, fid)
@@ -75,8 +77,10 @@ local function drain(index, phase, bind)
       if v[1] == want then
         out[#out + 1] = tid
         out[#out + 1] = tag
-        out[#out + 1] = v[2]
+        out[#out + 1] = v[2] or '""'
         out[#out + 1] = (phase == 2) and v[3] or ''
+        out[#out + 1] = fid
+        out[#out + 1] = rid
         local asg = v[4] or ''
         if asg ~= sid then
           if asg ~= '' then redis.call('HINCRBY', K .. 'fs:' .. fid .. ':' .. asg, want, -1) end

@@ -1,0 +1,176 @@
+"""Chunked imports: stored in bounded script calls, invisible to pullers until published,
+rolled back (or finished) when the importer dies."""
+from __future__ import annotations
+
+import orjson
+import pytest
+
+import engine.stacking as stacking_module
+from engine.errors import Conflict
+from tests.helpers import ids, online_server, request_doc, state
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 7 tasks and publish batches of 2 folders, so folders span chunks."""
+    monkeypatch.setattr(stacking_module, "IMPORT_CHUNK", 7)
+    monkeypatch.setattr(stacking_module, "PUBLISH_BATCH", 2)
+
+
+def _staged(engine, doc, chunks: int = 1000) -> tuple[str, str]:
+    """Run an import up to (not including) publishing, or only its first ``chunks``
+    chunks, as an importer that dies there would."""
+    st = engine.stacking
+    rid, website, mode, mr, folders = st._validate_request(doc)
+    token = "tok"
+    k = engine.core.keys
+    first = int(engine.core.run("import_begin", [k.request(rid), k.seq, k.imports], token, website, mode, mr,
+                                len(folders), sum(len(t) for _, t in folders))[1])
+    for n, (args, bodies) in enumerate(st._chunks(folders, first, website)):
+        if n == chunks:
+            break
+        pipe = engine.core.r.pipeline(transaction=True)
+        pipe.hset(k.bodies, mapping=bodies)
+        engine.core.run("import_tasks", [k.request(rid), k.bodies], token, *args, client=pipe)
+        assert pipe.execute()[-1][0] == b"ok"
+    return rid, token
+
+
+def test_request_spanning_many_chunks_is_stored_in_document_order(engine, small_chunks):
+    caller, _ = online_server(engine)
+    doc = request_doc(folders=4, tasks=5)
+    created = engine.stacking.create_request(doc)
+    assert created["tasks"] == 20
+    got = [orjson.loads(t) for t in engine.stacking.claim(caller.id, 20)]
+    assert [t["title"] for t in got] == [t["title"] for f in doc["folders"] for t in f["tasks"]]
+    assert {t["request_id"] for t in got} == {created["request_id"]}
+    assert engine.stacking.stats() == {"register": 20}
+    assert engine.stacking.request(created["request_id"])["status"] == "register"
+    assert engine.core.r.zcard(engine.core.keys.imports) == 0
+
+
+def test_staged_request_is_invisible_to_pullers(engine, small_chunks):
+    caller, _ = online_server(engine)
+    rid, _ = _staged(engine, request_doc(folders=3, tasks=5))
+    assert engine.stacking.claim(caller.id, 100) == []
+    assert engine.stacking.request(rid)["status"] == "importing"
+    with pytest.raises(Conflict):
+        engine.stacking.cancel_request(rid)
+
+
+def test_publish_is_refused_until_every_task_is_stored(engine, small_chunks):
+    st = engine.stacking
+    rid, website, mode, mr, folders = st._validate_request(request_doc(folders=2, tasks=5))
+    k = engine.core.keys
+    first = int(engine.core.run("import_begin", [k.request(rid), k.seq, k.imports], "tok", website, mode, mr,
+                                2, 10)[1])
+    args, bodies = next(st._chunks(folders, first, website))
+    pipe = engine.core.r.pipeline(transaction=True)
+    pipe.hset(k.bodies, mapping=bodies)
+    engine.core.run("import_tasks", [k.request(rid), k.bodies], "tok", *args, client=pipe)
+    pipe.execute()
+    reply = engine.core.run("import_publish", [k.request(rid)], "tok", 10)
+    assert reply == [b"incomplete", b"7"]
+    assert engine.core.run("import_publish", [k.request(rid)], "other-token", 10)[0] == b"exists"
+
+
+def test_second_importer_of_the_same_id_is_refused_and_changes_nothing(engine, small_chunks):
+    doc = request_doc(folders=2, tasks=3)
+    doc["id"] = "R-1"
+    _staged(engine, doc)
+    before = state(engine)
+    with pytest.raises(Conflict):
+        engine.stacking.create_request(doc)
+    assert state(engine) == before
+
+
+def test_folder_taken_between_check_and_chunk_rolls_the_whole_request_back(engine, small_chunks, monkeypatch):
+    """The pre-check passes, then another request takes a folder of a later chunk."""
+    caller, _ = online_server(engine)
+    stats_before = engine.stacking.stats()
+    bodies_before = engine.core.r.hlen(engine.core.keys.bodies)
+    doc = request_doc(folders=3, tasks=5, prefix="X")
+    chunks = stacking_module.Stacking._chunks
+
+    def racing_chunks(folders, first, website):
+        for n, chunk in enumerate(chunks(folders, first, website)):
+            if n == 1:  # after the first chunk is stored, a rival request takes folder X2
+                monkeypatch.setattr(engine.stacking, "_refuse_used_folders", lambda fids: None)
+                engine.stacking.create_request(request_doc(folders=1, tasks=2, prefix="Y") | {
+                    "folders": [{"folder_id": "X2", "tasks": request_doc(tasks=2)["folders"][0]["tasks"]}]})
+            yield chunk
+
+    monkeypatch.setattr(stacking_module.Stacking, "_chunks", staticmethod(racing_chunks))
+    with pytest.raises(Conflict, match="X2"):
+        engine.stacking.create_request(doc)
+    # only the rival's two tasks remain, and only they can be pulled
+    assert engine.stacking.stats() == {**stats_before, "register": 2}
+    assert engine.core.r.hlen(engine.core.keys.bodies) == bodies_before + 2
+    assert {orjson.loads(t)["folder_id"] for t in engine.stacking.claim(caller.id, 100)} == {"X2"}
+    assert not engine.core.r.exists(engine.core.keys.folder("X0"), engine.core.keys.folder("X1"))
+
+
+def test_recovery_rolls_back_an_idle_unfinished_import(engine, small_chunks, clock):
+    caller, _ = online_server(engine)
+    rid, _ = _staged(engine, request_doc(folders=3, tasks=5), chunks=2)  # 14 of 15 stored
+    before = engine.stacking.stats()
+    assert engine.stacking.recover_imports(stale_ms=60_000) == {"aborted": 0, "published": 0, "left": 0}
+    clock.advance(61)
+    total = {"aborted": 0, "published": 0}
+    for _ in range(10):
+        got = engine.stacking.recover_imports(stale_ms=60_000, batch=4)
+        total["aborted"] += got["aborted"]
+        if not engine.core.r.exists(engine.core.keys.request(rid)):
+            break
+    assert total["aborted"] >= 1
+    assert not engine.core.r.exists(engine.core.keys.request(rid))
+    assert before.get("register", 0) - engine.stacking.stats().get("register", 0) == 14
+    assert engine.core.r.hlen(engine.core.keys.bodies) == 0
+    assert engine.stacking.claim(caller.id, 100) == []
+
+
+def test_recovery_finishes_publishing_a_fully_stored_import(engine, small_chunks, clock):
+    caller, _ = online_server(engine)
+    rid, token = _staged(engine, request_doc(folders=3, tasks=5))
+    k = engine.core.keys
+    assert engine.core.run("import_publish", [k.request(rid)], token, 1)[1] == 2  # died after one folder
+    assert len(ids(engine.stacking.claim(caller.id, 100))) == 5
+    clock.advance(61)
+    while engine.core.r.zcard(k.imports):
+        engine.stacking.recover_imports(stale_ms=60_000, batch=1)
+    assert engine.stacking.request(rid)["status"] == "register"
+    assert len(ids(engine.stacking.claim(caller.id, 100))) == 10
+
+
+def test_importer_cannot_abort_once_publishing_began(engine, small_chunks):
+    rid, token = _staged(engine, request_doc(folders=3, tasks=5))
+    k = engine.core.keys
+    engine.core.run("import_publish", [k.request(rid)], token, 1)
+    assert engine.core.run("import_abort", [k.request(rid)], token, 100, 0)[0] == b"exists"
+    assert engine.core.r.hget(k.request(rid), "st") == b"importing"
+
+
+def test_cancel_request_works_in_bounded_batches(engine, small_chunks):
+    created = engine.stacking.create_request(request_doc(folders=4, tasks=5))
+    assert engine.stacking.cancel_request(created["request_id"]) == 20
+    assert engine.stacking.stats() == {"cancel": 20}
+    assert engine.stacking.cancel_request(created["request_id"]) == 0
+    assert engine.stacking.request(created["request_id"])["status"] == "completed"
+
+
+def test_folder_over_the_size_limit_is_refused(engine):
+    from engine.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="more than 1000"):
+        engine.stacking.create_request(request_doc(tasks=1001, about=""))
+
+
+def test_recovery_job_twice_acts_once(engine, small_chunks, clock):
+    from workers import jobs
+
+    rid, _ = _staged(engine, request_doc(folders=2, tasks=5), chunks=1)
+    clock.advance(engine.core.settings.import_stale_ms / 1000 + 1)
+    assert jobs.recover_imports(engine)["aborted"] >= 1
+    after = state(engine)
+    assert jobs.recover_imports(engine) == {}
+    assert state(engine) == after and not engine.core.r.exists(engine.core.keys.request(rid))
