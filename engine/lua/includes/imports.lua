@@ -17,8 +17,7 @@ local function publish_batch(rid, batch)
     redis.call('ZADD', K .. 'fu:1', redis.call('HGET', K .. 'f:' .. fid, 'seq'), fid)
   end
   pub = pub + #fids
-  redis.call('HSET', rk, 'pub', pub, 'hb', NOW)
-  redis.call('ZADD', K .. 'imports', NOW, rid)
+  redis.call('HSET', rk, 'pub', pub)  -- leaves `hb` alone: the recovery job must keep finding it
   if pub >= nf then
     redis.call('HSET', rk, 'st', 'register')
     redis.call('HDEL', rk, 'tok', 'pub', 'staged', 'hb')
