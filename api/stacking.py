@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from engine.errors import (Conflict, EngineError, InvalidInput, InvalidKey, NotFound,
                            ServerNotOnline, ServiceKeyMismatch)
-from engine.servers import Caller
+from engine.servers import ApiKey, check_caller
 
 from .http import JSON, Forbidden, PayloadTooLarge, Unauthorized, read_json
 
@@ -41,69 +41,80 @@ def _engine(request: Request):
     return request.app.state.engine
 
 
-def _caller(request: Request, stacking: bool = True) -> Caller:
-    eng = _engine(request)
-    caller = eng.servers.authenticate(request.headers.get("x-api-key"))
-    request.state.caller = f"server:{caller.name or caller.id}"
-    if stacking:
-        eng.servers.authorize_stacking(caller)
-    return caller
+def _key(request: Request) -> ApiKey:
+    """The caller's credential; the engine's script resolves and authorizes it in
+    the same round trip as the work (includes/auth.lua)."""
+    return ApiKey(request.headers.get("x-api-key") or "")
+
+
+def _served(request: Request, sid: str) -> None:
+    request.state.caller = f"server:{sid}"
+
+
+async def _body(request: Request, key: ApiKey, required: bool = True, stacking: bool = True) -> dict:
+    """The JSON body; if it is refused (400/413), an authentication failure is reported first."""
+    try:
+        return await read_json(request, required=required)
+    except EngineError:
+        check_caller(_engine(request).core, key, stacking)
+        raise
 
 
 async def pull(request: Request) -> JSON:
-    caller = _caller(request)
+    key = _key(request)
     raw = request.query_params.get("limit", "5")
     try:
         limit = int(raw)
     except ValueError:
-        raise InvalidInput("limit must be an integer between 1 and 1000") from None
-    tasks = _engine(request).stacking.claim(caller.id, limit, request.query_params.get("status"))
+        limit = -1  # refused by the engine, after authentication
+    sid, tasks = _engine(request).stacking.pull(key, limit, request.query_params.get("status"))
+    _served(request, sid)
     return JSON(b'{"success":true,"data":[' + b",".join(tasks) + b"]}")
 
 
 async def get_task(request: Request) -> JSON:
-    _caller(request)
-    task = _engine(request).stacking.get_task(request.path_params["task_id"])
+    task = _engine(request).stacking.get_task(request.path_params["task_id"], _key(request))
     return JSON(b'{"success":true,"data":' + task + b"}")
 
 
 async def start(request: Request) -> JSON:
-    caller = _caller(request)
-    _engine(request).stacking.start(caller.id, request.path_params["task_id"])
+    _served(request, _engine(request).stacking.start(_key(request), request.path_params["task_id"]))
     return JSON(OK)
 
 
 async def complete(request: Request) -> JSON:
-    caller = _caller(request)
-    body = await read_json(request, required=False)
-    _engine(request).stacking.complete(caller.id, request.path_params["task_id"],
-                                       body.get("link_post"), body.get("note"))
+    key = _key(request)
+    body = await _body(request, key, required=False)
+    _served(request, _engine(request).stacking.complete(key, request.path_params["task_id"],
+                                                        body.get("link_post"), body.get("note")))
     return JSON(OK)
 
 
 async def fail(request: Request) -> JSON:
-    caller = _caller(request)
-    body = await read_json(request)
-    _engine(request).stacking.fail(caller.id, request.path_params["task_id"],
-                                   body.get("error_message"), body.get("note"))
+    key = _key(request)
+    body = await _body(request, key)
+    _served(request, _engine(request).stacking.fail(key, request.path_params["task_id"],
+                                                    body.get("error_message"), body.get("note")))
     return JSON(OK)
 
 
 async def connect_status(request: Request) -> JSON:
-    caller = _caller(request)
-    return JSON(_engine(request).stacking.connect_status(caller.id, request.path_params["folder_id"]))
+    sid, body = _engine(request).stacking.connect_status_of(_key(request), request.path_params["folder_id"])
+    _served(request, sid)
+    return JSON(body)
 
 
 async def missing_folder(request: Request) -> JSON:
-    _caller(request)
+    check_caller(_engine(request).core, _key(request))
     raise InvalidInput("folder_id is required in the path")
 
 
 async def health(request: Request) -> JSON:
-    caller = _caller(request, stacking=False)
-    body = await read_json(request, required=False)
+    key = _key(request)
+    body = await _body(request, key, required=False, stacking=False)
     eng = _engine(request)
-    data = eng.servers.heartbeat(caller, body)
+    data = eng.servers.heartbeat(key, body)
+    _served(request, data["server_id"])
     data["server_time"] = eng.iso_now()
     return JSON({"success": True, "data": data})
 

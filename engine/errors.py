@@ -64,6 +64,19 @@ def raise_for(reply: list, what: str = "task") -> list:
         raise InvalidInput("link_post is required to complete phase 1", detail)
     if code == "folder_in_use":
         raise Conflict(f"folder_id '{detail}' is already used by another request", detail)
+    if code == "invalid_key":
+        raise InvalidKey("invalid api key")
+    if code == "service_key_mismatch":
+        raise ServiceKeyMismatch("api key does not belong to a server with service stacking or google_stacking")
+    if code == "server_not_online":
+        seconds = _text(reply[2]) if len(reply) > 2 else "?"
+        if detail == "maintenance":
+            raise ServerNotOnline("server is in maintenance: an operator must set it online"
+                                  " (POST /api/v1/worker/health still records metrics)", detail)
+        if detail == "stale":
+            raise ServerNotOnline(f"server sent no heartbeat in the last {seconds} s;"
+                                  " call POST /api/v1/worker/health first", detail)
+        raise ServerNotOnline(f"server is {detail}; call POST /api/v1/worker/health first", detail)
     if code == "exists":
         raise Conflict(f"{what} '{detail}' already exists", detail)
     raise EngineError(f"unexpected script reply {code!r}", detail)

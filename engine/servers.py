@@ -13,15 +13,22 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar, Union
 
 import orjson
 
 from .core import Core
-from .errors import InvalidInput, InvalidKey, NotFound, ServerNotOnline, ServiceKeyMismatch, raise_for
+from .errors import InvalidInput, InvalidKey, NotFound, raise_for
 
+T = TypeVar("T")
 STACKING_SERVICES = frozenset({"stacking", "google_stacking"})
 OPERATOR_STATUSES = ("online", "offline", "maintenance")
+
+
+class ApiKey(str):
+    """An API key as an HTTP client presented it. Engine operations that take a
+    caller accept either this (resolved and authorized inside the script that
+    acts: one round trip) or a server id (a trusted caller: jobs, CLI, tests)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,41 @@ def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
+Who = Union[str, ApiKey, Caller]
+
+
+def caller_key(core: Core, who: Who) -> str:
+    """KEYS[1] of a script that authenticates (includes/auth.lua): ``skey:<hash>``
+    for an API key, ``s:<id>`` for a trusted server id. Raises InvalidKey for
+    an empty key without asking Redis."""
+    if isinstance(who, ApiKey):
+        if not who:
+            raise InvalidKey("invalid api key")
+        return core.keys.server_key(hash_key(who))
+    return core.keys.server(who.id if isinstance(who, Caller) else who)
+
+
+def check_caller(core: Core, who: Who, stacking: bool = True) -> str:
+    """Authenticate (and for stacking, authorize) ``who`` alone; returns the server id.
+
+    For the error path: a request that fails validation still reports an
+    authentication failure first, as stacking.md orders them.
+    """
+    reply = raise_for(core.run("auth", [caller_key(core, who)], "1" if stacking else "0",
+                               core.settings.server_offline_after_ms), "server")
+    return reply[1].decode()
+
+
+def auth_first(core: Core, who: Who, check: Callable[[], T], stacking: bool = True) -> T:
+    """``check()`` (input validation); if it refuses an HTTP caller, an auth failure wins."""
+    try:
+        return check()
+    except InvalidInput:
+        if isinstance(who, ApiKey):
+            check_caller(core, who, stacking)
+        raise
+
+
 class Servers:
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -107,42 +149,29 @@ class Servers:
         return {"id": sid, "name": name, "services": services, "max_threads": max_threads, "api_key": api_key}
 
     def authenticate(self, api_key: str | None) -> Caller:
-        """The server behind ``api_key``; raises InvalidKey (401) when unknown or deleted."""
-        if not api_key:
-            raise InvalidKey("invalid api key")
-        reply = self.core.run("auth", [self.k.server_key(hash_key(api_key))])
-        if not reply:
-            raise InvalidKey("invalid api key")
-        sid, st, services, hb, name = (v.decode() for v in reply)
+        """The server behind ``api_key`` (any service, any status but deleted).
+
+        Raises InvalidKey (401) when unknown or deleted. The HTTP API does not
+        call this: its scripts authenticate inside themselves.
+        """
+        reply = raise_for(self.core.run("auth", [caller_key(self.core, ApiKey(api_key or ""))], "0",
+                                        self.core.settings.server_offline_after_ms), "server")
+        sid, st, services, hb, name = (v.decode() for v in reply[1:])
         return Caller(sid, st, frozenset(s for s in services.split(",") if s), int(hb), name)
 
-    def authorize_stacking(self, caller: Caller) -> None:
-        """403s of stacking.md, in order: wrong service, then not online."""
-        if not caller.services & STACKING_SERVICES:
-            raise ServiceKeyMismatch("api key does not belong to a server with service stacking or google_stacking")
-        if caller.status == "maintenance":
-            raise ServerNotOnline("server is in maintenance: an operator must set it online"
-                                  " (POST /api/v1/worker/health still records metrics)")
-        if caller.status != "online":
-            raise ServerNotOnline(f"server is {caller.status}; call POST /api/v1/worker/health first")
-        if self.core.now() - caller.heartbeat_ms > self.core.settings.server_offline_after_ms:
-            raise ServerNotOnline(
-                f"server sent no heartbeat in the last {self.core.settings.server_offline_after_ms // 1000} s;"
-                " call POST /api/v1/worker/health first")
-
-    def heartbeat(self, caller: Caller, body: dict) -> dict:
+    def heartbeat(self, who: Who, body: Any) -> dict:
         """Validate and record a heartbeat; returns the health response's ``data``.
 
-        Only the documented fields are kept: usages are numbers in 0..1e6 (percent or
-        units, the worker's choice), counts are integers in 0..1e6, names and ips
-        strings of at most 200 characters. Anything else is refused, not stored.
+        ``who``: an ApiKey (checked in the same script), a Caller or a server id.
+        Only the documented fields are kept: usages are numbers in 0..1e6 (percent
+        or units, the worker's choice), counts are integers in 0..1e6, names and
+        ips strings of at most 200 characters. Anything else is refused, not stored.
         """
-        metrics = validate_metrics(body)
+        metrics = auth_first(self.core, who, lambda: validate_metrics(body), stacking=False)
         ip = metrics.get("ip") or ""
-        reply = raise_for(self.core.run(
-            "heartbeat", [self.k.server(caller.id)], orjson.dumps(metrics), ip
-        ), "server")
-        return {"status": "ok", "server_id": caller.id, "server_name": reply[2].decode()}
+        reply = raise_for(self.core.run("heartbeat", [caller_key(self.core, who)], orjson.dumps(metrics), ip),
+                          "server")
+        return {"status": "ok", "server_id": reply[3].decode(), "server_name": reply[2].decode()}
 
     def set_status(self, sid: str, status: str) -> str:
         """Operator sets online/offline/maintenance; returns the previous status."""

@@ -34,6 +34,7 @@ import orjson
 
 from .core import Core
 from .errors import Conflict, InvalidInput, NotFound, raise_for
+from .servers import Who, auth_first, caller_key
 
 DOMAINS = ("docs.google.com", "slides.google.com", "sheets.google.com")
 MODES = ("chain", "ring", "all", "wheel", "disable")
@@ -324,9 +325,13 @@ class Stacking:
         return bool(int(raise_for(self.core.run("release_folder", [self.k.folder(folder_id)]), "folder")[1]))
 
     # ---- worker side ---------------------------------------------------
-    def claim(self, server_id: str, limit: int = 5, status: str | None = None) -> list[bytes]:
+    def claim(self, who: Who, limit: int = 5, status: str | None = None) -> list[bytes]:
         """Pull-and-claim up to ``limit`` tasks; returns their JSON objects (bytes)."""
-        flat, bodies = self.claim_raw(server_id, limit, status)
+        return self.pull(who, limit, status)[1]
+
+    def pull(self, who: Who, limit: int = 5, status: str | None = None) -> tuple[str, list[bytes]]:
+        """``claim``, also returning the caller's server id (``who`` may be an ApiKey)."""
+        sid, flat, bodies = self.claim_raw(who, limit, status)
         quoted: dict[bytes, bytes] = {}
 
         def q(v: bytes) -> bytes:
@@ -341,35 +346,44 @@ class Stacking:
             body = phase2_body(bodies[j]) if phase2 else bodies[j]
             out.append(render_task(flat[i], q(flat[i + 5]), PULL_STATUS[flat[i + 1]], body, q(flat[i + 4]),
                                    flat[i + 2], flat[i + 3] if phase2 else None))
-        return out
+        return sid, out
 
-    def claim_raw(self, server_id: str, limit: int = 5, status: str | None = None) -> tuple[list[bytes], list]:
+    def claim_raw(self, who: Who, limit: int = 5, status: str | None = None) -> tuple[str, list[bytes], list]:
         """The bare Redis work of a pull: the claim script, then one HMGET of the bodies.
 
-        Returns the script's flat ``[id, phase, link_post, connect_links, folder, request] * n``
-        and the bodies in the same order.
+        Returns the caller's server id, the script's flat ``[id, phase, link_post,
+        connect_links, folder, request] * n``, and the bodies in the same order.
         """
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
-            raise InvalidInput("limit must be an integer between 1 and 1000")
-        if status not in PULL_STATUSES:
-            raise InvalidInput("status must be register or connect")
-        k, s = self.k, self.s
-        flat = self.core.run(
-            "claim",
-            [k.unbound(1), k.unbound(2), k.bound(1, server_id), k.bound(2, server_id), k.claim_leases, k.run_leases],
-            server_id, limit, PULL_STATUSES[status], s.claim_ttl_ms, s.sweep_batch,
-            s.run_ttl_ms, s.retry_base_ms, s.retry_cap_ms,
-        )
-        if not flat:
-            return flat, []
-        return flat, self.core.r.hmget(k.bodies, flat[0::6])
+        def check() -> None:
+            if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
+                raise InvalidInput("limit must be an integer between 1 and 1000")
+            if status not in PULL_STATUSES:
+                raise InvalidInput("status must be register or connect")
 
-    def get_task(self, task_id: str) -> bytes:
-        """One task's JSON object; no claim, no change."""
+        auth_first(self.core, who, check)
+        k, s = self.k, self.s
+        reply = raise_for(self.core.run(
+            "claim", [caller_key(self.core, who), k.unbound(1), k.unbound(2), k.claim_leases, k.run_leases],
+            s.server_offline_after_ms, limit, PULL_STATUSES[status], s.claim_ttl_ms, s.sweep_batch,
+            s.run_ttl_ms, s.retry_base_ms, s.retry_cap_ms,
+        ), "server")
+        sid, flat = reply[1].decode(), reply[2:]
+        if not flat:
+            return sid, flat, []
+        return sid, flat, self.core.r.hmget(k.bodies, flat[0::6])
+
+    def get_task(self, task_id: str, who: Who | None = None) -> bytes:
+        """One task's JSON object; no claim, no change. With ``who``, the caller is
+        authenticated in the same round trip (a pipeline: reads need no script)."""
         pipe = self.core.r.pipeline(transaction=False)
+        if who is not None:
+            self.core.run("auth", [caller_key(self.core, who)], "1", self.s.server_offline_after_ms, client=pipe)
         pipe.hmget(self.k.task(task_id), "st", "lp", "cl", "ph", "fo", "req")
         pipe.hget(self.k.bodies, task_id)
-        (st, lp, cl, ph, fo, req), body = pipe.execute()
+        replies = pipe.execute()
+        if who is not None:
+            raise_for(replies[0], "server")
+        (st, lp, cl, ph, fo, req), body = replies[-2:]
         if st is None or body is None:
             raise NotFound("task not found")
         phase2 = ph == b"2"
@@ -386,32 +400,52 @@ class Stacking:
         return {"status": st, "owner": own, "assigned": asg, "retry_count": int(rc), "max_retries": int(mr),
                 "error_message": err, "folder_id": fo, "request_id": req}
 
-    def start(self, server_id: str, task_id: str) -> None:
+    def start(self, who: Who, task_id: str) -> str:
+        """register -> registering, connect -> connecting; returns the caller's server id."""
         k = self.k
-        raise_for(self.core.run("start", [k.task(task_id), k.claim_leases, k.run_leases],
-                                server_id, self.s.run_ttl_ms))
+        return raise_for(self.core.run("start", [caller_key(self.core, who), k.task(task_id), k.claim_leases,
+                                                 k.run_leases], self.s.server_offline_after_ms,
+                                       self.s.run_ttl_ms))[1].decode()
 
-    def complete(self, server_id: str, task_id: str, link_post: Any = None, note: Any = None) -> None:
-        encoded = b""
-        if link_post not in (None, ""):
-            encoded = orjson.dumps(_https_url(link_post, "link_post"))
-        note = _text(note, "note", limit=MAX_MESSAGE * 10)
-        raise_for(self.core.run("complete", [self.k.task(task_id), self.k.run_leases], server_id, encoded, note))
+    def complete(self, who: Who, task_id: str, link_post: Any = None, note: Any = None) -> str:
+        """registering -> profiled (link_post required), connecting -> completed; returns the server id."""
+        def check() -> tuple[bytes, str]:
+            lp = orjson.dumps(_https_url(link_post, "link_post")) if link_post not in (None, "") else b""
+            return lp, _text(note, "note", limit=MAX_MESSAGE * 10)
 
-    def fail(self, server_id: str, task_id: str, error_message: Any, note: Any = None) -> None:
-        message = _text(error_message, "error_message", limit=MAX_MESSAGE, required=True)
-        note = _text(note, "note", limit=MAX_MESSAGE * 10)
+        encoded, text = auth_first(self.core, who, check)
+        return raise_for(self.core.run("complete", [caller_key(self.core, who), self.k.task(task_id),
+                                                    self.k.run_leases], self.s.server_offline_after_ms,
+                                       encoded, text))[1].decode()
+
+    def fail(self, who: Who, task_id: str, error_message: Any, note: Any = None) -> str:
+        """registering -> profile_failed, connecting -> connect_failed; returns the server id."""
+        def check() -> tuple[str, str]:
+            return (_text(error_message, "error_message", limit=MAX_MESSAGE, required=True),
+                    _text(note, "note", limit=MAX_MESSAGE * 10))
+
+        message, text = auth_first(self.core, who, check)
         k, s = self.k, self.s
-        raise_for(self.core.run("fail", [k.task(task_id), k.run_leases, k.retries], server_id, message, note,
-                                s.retry_base_ms, s.retry_cap_ms))
+        return raise_for(self.core.run("fail", [caller_key(self.core, who), k.task(task_id), k.run_leases,
+                                                k.retries], s.server_offline_after_ms, message, text,
+                                       s.retry_base_ms, s.retry_cap_ms))[1].decode()
 
-    def connect_status(self, server_id: str, folder_id: str) -> dict:
+    def connect_status(self, who: Who, folder_id: str) -> dict:
         """The seed's connect-status body for the caller's tasks of one folder (O(1))."""
-        if not folder_id or not folder_id.strip():
-            raise InvalidInput("folder_id is required")
-        by_status = _counts(self.core.r.hgetall(self.k.folder_server_counts(folder_id, server_id)))
+        return self.connect_status_of(who, folder_id)[1]
+
+    def connect_status_of(self, who: Who, folder_id: str) -> tuple[str, dict]:
+        """``connect_status``, also returning the caller's server id."""
+        def check() -> None:
+            if not folder_id or not folder_id.strip():
+                raise InvalidInput("folder_id is required")
+
+        auth_first(self.core, who, check)
+        reply = raise_for(self.core.run("connect_status", [caller_key(self.core, who)],
+                                        self.s.server_offline_after_ms, folder_id), "server")
+        by_status = _counts(dict(zip(reply[2::2], reply[3::2])))
         connect_count = sum(by_status.get(st, 0) for st in PHASE2)
-        return {
+        return reply[1].decode(), {
             "success": True, "folder_id": folder_id, "ready": connect_count > 0,
             "total_tasks": sum(by_status.values()),
             "phase1_active": sum(by_status.get(st, 0) for st in PHASE1),

@@ -18,7 +18,7 @@ def test_every_script_declares_its_keys_and_argv():
 
 
 def test_includes_are_pasted_once():
-    source = render(LUA_DIR / "claim-6.lua")
+    source = render(LUA_DIR / "claim-5.lua")
     assert "@include" not in source
     assert source.count("local function load_task(") == 1
 

@@ -1,4 +1,4 @@
---[[ claim-6: pull-and-claim up to `limit` ready tasks for one server.
+--[[ claim-5: pull-and-claim up to `limit` ready tasks for one server.
 
 Order: phase 2 before phase 1 (finishing started folders beats starting new
 ones); within a phase, the caller's bound folders first, then unbound folders
@@ -9,22 +9,23 @@ per-folder-per-server counters (connect-status) to that server.
 Before claiming, a bounded sweep returns lapsed claims and fails lapsed runs.
 Work: limit tasks + the folders touched + sweep batch.
 
-KEYS[1] fu:1          unbound folders with ready phase-1 tasks (zset, score folder seq)
-KEYS[2] fu:2          unbound folders with ready phase-2 tasks
-KEYS[3] fb:1:<server> caller's bound folders with ready phase-1 tasks
-KEYS[4] fb:2:<server> caller's bound folders with ready phase-2 tasks
-KEYS[5] lease:claim   claim leases (zset task -> deadline ms)
-KEYS[6] lease:run     run leases (zset task -> deadline ms), for the sweep
-ARGV[1] K             tagged key prefix; derived keys: t:, f:, fr:, fs:, sf:, s:, retry, counters
+KEYS[1] caller        skey:<sha256 of API key> (authenticated and authorized here) or s:<server id>
+KEYS[2] fu:1          unbound folders with ready phase-1 tasks (zset, score folder seq)
+KEYS[3] fu:2          unbound folders with ready phase-2 tasks
+KEYS[4] lease:claim   claim leases (zset task -> deadline ms)
+KEYS[5] lease:run     run leases (zset task -> deadline ms), for the sweep
+ARGV[1] K             tagged key prefix; derived keys: fb:1:<server> and fb:2:<server> (the
+                      caller's bound folders with ready tasks, known once the caller is), t:,
+                      f:, fr:, fs:, sf:, s:, retry, counters
 ARGV[2] now           ms
 ARGV[3] maxlen        event stream cap
-ARGV[4] server id
+ARGV[4] offline after ms (auth)
 ARGV[5] limit         1..1000
 ARGV[6] phases        "21" (both, phase 2 first), "1" or "2"
 ARGV[7] claim ttl     ms
 ARGV[8] sweep batch   max lapsed leases handled per call
 ARGV[9] run ttl       ms; ARGV[10] retry base ms; ARGV[11] retry cap ms
-Returns: flat array, 6 entries per claimed task in claim order: task id, phase
+Returns: "ok", the caller's server id, then 6 entries per claimed task in claim order: task id, phase
 ("1"|"2"), link_post (JSON), connect_links (JSON; '' in phase 1), folder id,
 request id. The caller joins them with the task's immutable body in `bodies`
 (one HMGET): building the JSON here would intern ~1 KB strings in Lua, which
@@ -32,20 +33,24 @@ is slow (see import_tasks).
 Events: one per task failed by the sweep; claims do not change status and write none.
 ]]
 local K, NOW, MAXLEN = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local sid, limit, phases = ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local limit, phases = tonumber(ARGV[5]), ARGV[6]
 local claim_ttl, batch = tonumber(ARGV[7]), tonumber(ARGV[8])
 local run_ttl, base, cap = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 -- @include common
 -- @include lifecycle
 -- @include failure
 -- @include sweep
+-- @include auth
+
+local sid, refusal = authenticate(KEYS[1], true, tonumber(ARGV[4]))
+if not sid then return refusal end
 
 if batch > 0 then
   lapse_claims(batch)
   lapse_runs(batch, run_ttl, base, cap)
 end
 
-local out = {}
+local out = {'ok', sid}
 local need = limit
 local deadline = NOW + claim_ttl
 local leases = {}
@@ -68,7 +73,7 @@ local function drain(index, phase, bind)
     end
     if redis.call('EXISTS', rk) == 1 then
       -- folder still has ready tasks: keep it indexed, now under the caller
-      redis.call('ZADD', bind and KEYS[2 + phase] or index, fseq, fid)
+      redis.call('ZADD', bind and (K .. 'fb:' .. phase .. ':' .. sid) or index, fseq, fid)
     end
     local moved = {}
     for i = 1, #popped, 2 do
@@ -102,12 +107,12 @@ end
 
 for p in string.gmatch(phases, '%d') do
   local phase = tonumber(p)
-  drain(KEYS[2 + phase], phase, false)
-  drain(KEYS[phase], phase, true)
+  drain(K .. 'fb:' .. phase .. ':' .. sid, phase, false)
+  drain(KEYS[1 + phase], phase, true)
 end
 
 -- ZADD in chunks: Lua's unpack has a stack limit of a few thousand values.
 for i = 1, #leases, 1000 do
-  redis.call('ZADD', KEYS[5], unpack(leases, i, math.min(i + 999, #leases)))
+  redis.call('ZADD', KEYS[4], unpack(leases, i, math.min(i + 999, #leases)))
 end
 return out

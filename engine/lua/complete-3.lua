@@ -1,34 +1,38 @@
---[[ complete-2: the running server reports success.
+--[[ complete-3: the running server reports success.
 
 registering -> profiled (link_post required; may fire the folder barrier, which
 moves every profiled task of the folder to connect, or to completed in mode
 "disable"); connecting -> completed (link_post optional, replaces the stored one).
-Checks before any write: exists, status registering/connecting, caller owns it,
+Checks before any write: the caller (includes/auth.lua), exists, status registering/connecting, caller owns it,
 link_post present in phase 1.
-KEYS[1] t:<task>     task hash
-KEYS[2] lease:run    run leases
-ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] server id
+KEYS[1] caller: skey:<sha256 of API key> (authenticated and authorized here) or s:<server id>
+KEYS[2] t:<task>     task hash
+KEYS[3] lease:run    run leases
+ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] offline after ms
 ARGV[5] link_post, JSON-encoded ('' = not given)   ARGV[6] note
 Derived keys: fp:<folder>, f:<folder>, r:<request>, counters, fr:2:, fu:2/fb:2: (barrier).
-Returns {"ok"} | {"not_found"} | {"bad_state", status} | {"not_task_owner", status}
+Returns {"ok", server id} | an auth refusal | {"not_found"} | {"bad_state", status} | {"not_task_owner", status}
         | {"link_post_required", status}
 Events: one for this task, plus one per task the barrier moves.
 ]]
 local K, NOW, MAXLEN = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local sid, lp, note = ARGV[4], ARGV[5], ARGV[6]
+local lp, note = ARGV[5], ARGV[6]
 -- @include common
+-- @include auth
 -- @include lifecycle
 
-local tid = string.sub(KEYS[1], #K + 3)
+local sid, refusal = authenticate(KEYS[1], true, tonumber(ARGV[4]))
+if not sid then return refusal end
+local tid = string.sub(KEYS[2], #K + 3)
 local t = load_task(tid)
 if not t then return {'not_found'} end
 if t.st ~= 'registering' and t.st ~= 'connecting' then return {'bad_state', t.st} end
 if t.own ~= sid then return {'not_task_owner', t.st} end
 if t.st == 'registering' and lp == '' then return {'link_post_required', t.st} end
 
-redis.call('ZREM', KEYS[2], tid)
-redis.call('HSET', KEYS[1], 'own', '', 'note', note, 'done_at', NOW)
-if lp ~= '' then redis.call('HSET', KEYS[1], 'lp', lp) end
+redis.call('ZREM', KEYS[3], tid)
+redis.call('HSET', KEYS[2], 'own', '', 'note', note, 'done_at', NOW)
+if lp ~= '' then redis.call('HSET', KEYS[2], 'lp', lp) end
 if t.st == 'registering' then
   set_status(t, 'profiled', sid)
   redis.call('ZADD', K .. 'fp:' .. t.fo, t.seq, tid)
@@ -37,4 +41,4 @@ else
   set_status(t, 'completed', sid)
   task_terminal(t)
 end
-return {'ok'}
+return {'ok', sid}
