@@ -6,7 +6,7 @@ from starlette.testclient import TestClient
 
 from api.app import create_app
 from api.http import MAX_BODY
-from tests.helpers import assert_refused, link, online_server, request_doc, state
+from tests.helpers import assert_refused, link, online_server, request_doc, state, ids
 
 SEED_FIELDS = ["id", "request_id", "status", "domain", "website", "title", "about", "phone",
                "address", "location", "image_url", "folder_id", "link_post"]
@@ -430,3 +430,67 @@ def test_unknown_path_under_api_v1_is_404_in_the_envelope(engine, client, worker
 
 def test_wrong_method_is_405_in_the_envelope(engine, client, worker):
     assert_refused(engine, lambda: client.delete(LINKS, headers=worker[1]), 405)
+
+
+# ---- one round trip per request ----------------------------------------------
+
+class RoundTrips:
+    """Counts what reaches Redis: each direct command, and each pipeline, is one round trip."""
+
+    def __init__(self, monkeypatch, client) -> None:
+        self.n = 0
+        real_cmd, real_pipe = client.execute_command, client.pipeline
+
+        def cmd(*args, **kwargs):
+            self.n += 1
+            return real_cmd(*args, **kwargs)
+
+        def pipeline(*args, **kwargs):
+            pipe = real_pipe(*args, **kwargs)
+            real_execute = pipe.execute
+
+            def execute(*a, **k):
+                self.n += 1
+                return real_execute(*a, **k)
+
+            pipe.execute = execute
+            return pipe
+
+        monkeypatch.setattr(client, "execute_command", cmd)
+        monkeypatch.setattr(client, "pipeline", pipeline)
+
+
+def test_every_single_task_endpoint_is_one_round_trip(engine, client, worker, monkeypatch):
+    """Measured after a first pass has loaded every script (a first call may add SCRIPT LOAD)."""
+    engine.stacking.create_request(request_doc(tasks=6))
+    tids = ids(engine.stacking.claim(worker[0], 6))
+
+    def calls(a: str, b: str) -> list:
+        return [
+            ("POST", f"{LINKS}/{a}/start", None),
+            ("POST", f"{LINKS}/{b}/start", None),
+            ("POST", f"{LINKS}/{a}/complete", {"link_post": link(1)}),
+            ("POST", f"{LINKS}/{b}/fail", {"error_message": "boom"}),
+            ("GET", f"{LINKS}/{a}", None),
+            ("GET", "/api/v1/stacking/folders/F0/connect-status", None),
+            ("POST", HEALTH, {"cpu_usage": 1}),
+        ]
+
+    for method, path, body in calls(tids[0], tids[1]):
+        assert client.request(method, path, headers=worker[1], json=body).status_code == 200
+    trips = RoundTrips(monkeypatch, engine.core.r)
+    for method, path, body in calls(tids[2], tids[3]):
+        trips.n = 0
+        resp = client.request(method, path, headers=worker[1], json=body)
+        assert resp.status_code == 200, (path, resp.text)
+        assert trips.n == 1, f"{method} {path}: {trips.n} round trips"
+
+
+def test_maintenance_takes_effect_at_the_next_request(engine, client, worker):
+    engine.stacking.create_request(request_doc(tasks=2))
+    [a, b] = ids(engine.stacking.claim(worker[0], 2))
+    assert client.post(f"{LINKS}/{a}/start", headers=worker[1]).status_code == 200
+    engine.servers.set_status(worker[0], "maintenance")
+    body = assert_refused(engine, lambda: client.post(f"{LINKS}/{b}/start", headers=worker[1]), 403,
+                          "server_not_online")
+    assert "maintenance" in body["message"]
