@@ -19,7 +19,7 @@ from engine import Engine
 from engine.errors import EngineError, InvalidInput, NotFound
 
 from . import admin, stacking
-from .http import AccessLog, BodyLimit, JSON
+from .http import AccessLog, BodyLimit, JSON, access_log_enabled
 
 log = logging.getLogger("taskhub.api")
 
@@ -57,11 +57,14 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
     return response
 
 
-def create_app(engine: Engine | None = None) -> Starlette:
+def create_app(engine: Engine | None = None, access_log: bool | None = None) -> Starlette:
+    """The application; ``access_log`` defaults to ``TASKHUB_ACCESS_LOG`` (on)."""
+    if access_log is None:
+        access_log = access_log_enabled()
     app = Starlette(
         routes=[*stacking.routes, *admin.routes],
-        middleware=[Middleware(AccessLog), Middleware(BodyLimit, render=render_error,
-                                                      bulk_prefixes=admin.BULK_PREFIXES)],
+        middleware=[*([Middleware(AccessLog)] if access_log else []),
+                    Middleware(BodyLimit, render=render_error, bulk_prefixes=admin.BULK_PREFIXES)],
         exception_handlers={EngineError: on_engine_error, HTTPException: on_http_error, Exception: on_unexpected},
     )
     app.state.engine = engine or Engine.from_env()
