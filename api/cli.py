@@ -132,13 +132,14 @@ def cmd_import(args: argparse.Namespace) -> int:
     failed = 0
     with tqdm(total=sum(_task_count(d) for d in docs), unit="task", disable=args.quiet) as bar:
         for i, doc in enumerate(docs):
+            done = bar.n
             try:
-                result = eng.stacking.create_request(doc)
+                result = eng.stacking.create_request(doc, progress=bar.update)
                 tqdm.write(f"request {result['request_id']}: {result['folders']} folders, {result['tasks']} tasks")
             except EngineError as exc:
                 failed += 1
                 tqdm.write(f"request #{i} refused: {exc.message}")
-            bar.update(_task_count(doc))
+            bar.update(done + _task_count(doc) - bar.n)  # a refused request's tasks count as handled
     return 1 if failed else 0
 
 

@@ -28,7 +28,7 @@ import html
 import re
 import uuid
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import orjson
 
@@ -145,15 +145,16 @@ class Stacking:
         self.s = core.settings
 
     # ---- operator side -------------------------------------------------
-    def create_request(self, spec: Any) -> dict:
+    def create_request(self, spec: Any, progress: Callable[[int], Any] | None = None) -> dict:
         """Validate a request document and store it, all or nothing; returns ids and counts.
 
         ``spec``: ``{"website", "stacking_mode"?, "max_retries"?, "id"?, "folders":
         [{"folder_id", "tasks": [{"domain", "title", "about"?, ...}]}]}``, at most
         ``max_request_tasks`` tasks. Everything is validated before the first
         write; then the request is stored in chunks and published (module
-        docstring). Raises InvalidInput, or Conflict when the request id or a
-        folder id is already used (then nothing is left behind).
+        docstring); ``progress(n)`` is called after each stored chunk of n tasks.
+        Raises InvalidInput, or Conflict when the request id or a folder id is
+        already used (then nothing is left behind).
         """
         rid, website, mode, mr, folders = self._validate_request(spec)
         ntasks = sum(len(tasks) for _, tasks in folders)
@@ -167,7 +168,9 @@ class Stacking:
                 pipe = self.core.r.pipeline(transaction=True)
                 pipe.hset(k.bodies, mapping=bodies)
                 run("import_tasks", [k.request(rid), k.bodies], token, *args, client=pipe)
-                raise_for(pipe.execute()[-1], "request")
+                stored = int(raise_for(pipe.execute()[-1], "request")[1])
+                if progress:
+                    progress(stored)
         except BaseException:
             self._abort_import(rid, token)
             raise
