@@ -19,6 +19,7 @@ from engine import Engine
 from engine.errors import EngineError, InvalidInput, NotFound
 
 from . import admin, stacking
+from .batch import Batcher
 from .http import AccessLog, BodyLimit, JSON, access_log_enabled
 
 log = logging.getLogger("taskhub.api")
@@ -68,6 +69,7 @@ def create_app(engine: Engine | None = None, access_log: bool | None = None) -> 
         exception_handlers={EngineError: on_engine_error, HTTPException: on_http_error, Exception: on_unexpected},
     )
     app.state.engine = engine or Engine.from_env()
+    app.state.batch = Batcher(app.state.engine.core)
     return app
 
 

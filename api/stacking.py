@@ -3,10 +3,11 @@
 Envelope: ``{"success": true, ...}``; errors ``{"success": false, "message",
 "code"?}``. Every handler: authenticate, parse, one engine call, render.
 
-Handlers are ``async`` and call the synchronous engine directly. Each call is
-one or two bounded Redis round trips (a 1000-task pull is ~10 ms of Redis
-time), so a thread pool would cost more per request than it saves; a web
-process serves one engine call at a time and the API scales with processes
+Single-task handlers build an engine ``Call`` and await it through the
+process's ``Batcher`` (api/batch.py), which sends the calls of concurrent
+requests as one pipeline per event-loop tick: one round trip per request at
+most, far fewer under load. The pull (a script, then a read that depends on
+it) calls the engine directly; a web process scales with processes
 (``TASKHUB_WEB_WORKERS``). Measured in BENCHMARKS.md.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from engine.errors import (Conflict, EngineError, InvalidInput, InvalidKey, NotF
                            ServerNotOnline, ServiceKeyMismatch)
 from engine.servers import ApiKey, check_caller
 
+from .batch import Batcher
 from .http import JSON, Forbidden, PayloadTooLarge, Unauthorized, read_json
 
 STATUS = {
@@ -39,6 +41,10 @@ def error_response(exc: EngineError) -> JSON:
 
 def _engine(request: Request):
     return request.app.state.engine
+
+
+def _batch(request: Request) -> Batcher:
+    return request.app.state.batch
 
 
 def _key(request: Request) -> ApiKey:
@@ -73,33 +79,38 @@ async def pull(request: Request) -> JSON:
 
 
 async def get_task(request: Request) -> JSON:
-    task = _engine(request).stacking.get_task(request.path_params["task_id"], _key(request))
+    task = await _batch(request).run(_engine(request).stacking.get_task_call(request.path_params["task_id"],
+                                                                              _key(request)))
     return JSON(b'{"success":true,"data":' + task + b"}")
 
 
 async def start(request: Request) -> JSON:
-    _served(request, _engine(request).stacking.start(_key(request), request.path_params["task_id"]))
+    call = _engine(request).stacking.start_call(_key(request), request.path_params["task_id"])
+    _served(request, await _batch(request).run(call))
     return JSON(OK)
 
 
 async def complete(request: Request) -> JSON:
     key = _key(request)
     body = await _body(request, key, required=False)
-    _served(request, _engine(request).stacking.complete(key, request.path_params["task_id"],
-                                                        body.get("link_post"), body.get("note")))
+    call = _engine(request).stacking.complete_call(key, request.path_params["task_id"], body.get("link_post"),
+                                                   body.get("note"))
+    _served(request, await _batch(request).run(call))
     return JSON(OK)
 
 
 async def fail(request: Request) -> JSON:
     key = _key(request)
     body = await _body(request, key)
-    _served(request, _engine(request).stacking.fail(key, request.path_params["task_id"],
-                                                    body.get("error_message"), body.get("note")))
+    call = _engine(request).stacking.fail_call(key, request.path_params["task_id"], body.get("error_message"),
+                                               body.get("note"))
+    _served(request, await _batch(request).run(call))
     return JSON(OK)
 
 
 async def connect_status(request: Request) -> JSON:
-    sid, body = _engine(request).stacking.connect_status_of(_key(request), request.path_params["folder_id"])
+    call = _engine(request).stacking.connect_status_call(_key(request), request.path_params["folder_id"])
+    sid, body = await _batch(request).run(call)
     _served(request, sid)
     return JSON(body)
 
@@ -113,7 +124,7 @@ async def health(request: Request) -> JSON:
     key = _key(request)
     body = await _body(request, key, required=False, stacking=False)
     eng = _engine(request)
-    data = eng.servers.heartbeat(key, body)
+    data = await _batch(request).run(eng.servers.heartbeat_call(key, body))
     _served(request, data["server_id"])
     data["server_time"] = eng.iso_now()
     return JSON({"success": True, "data": data})

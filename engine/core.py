@@ -11,6 +11,7 @@ import redis
 
 from .config import Settings
 from .keys import Keys
+from .calls import Call, Script, run_batch
 from .scripts import ScriptSet
 
 
@@ -23,6 +24,17 @@ class Core:
 
     def now(self) -> int:
         return self.settings.clock()
+
+    def script(self, verb: str, keys: Sequence[str], *args: Any) -> Script:
+        """A script command for a ``Call``, with the standard leading ARGV: prefix, now, events cap."""
+        return Script(verb, keys, (self.keys.prefix, self.now(), self.settings.events_maxlen, *args))
+
+    def call(self, call: Call) -> Any:
+        """Run one ``Call`` now, in one round trip; returns its result or raises its error."""
+        ok, result = run_batch(self.r, self.scripts, [call])[0]
+        if not ok:
+            raise result
+        return result
 
     def run(self, verb: str, keys: Sequence[str], *args: Any, client: Any = None) -> Any:
         """Run script ``verb`` with the standard leading ARGV: prefix, now, events cap.

@@ -54,5 +54,19 @@ class ScriptSet:
             raise ValueError(f"{verb} takes {nkeys} keys, got {len(keys)}")
         return script(keys=keys, args=args, client=client or self.client)
 
+    def sha(self, verb: str, nkeys: int) -> str:
+        """The SHA1 of script ``verb``, checking its key count (for pipelines queued by hand)."""
+        n, script = self._scripts[verb]
+        if nkeys != n:
+            raise ValueError(f"{verb} takes {n} keys, got {nkeys}")
+        return script.sha
+
+    def load_all(self) -> None:
+        """SCRIPT LOAD every script (after NOSCRIPT: the server lost its script cache)."""
+        pipe = self.client.pipeline(transaction=False)
+        for _, script in self._scripts.values():
+            pipe.script_load(script.script)
+        pipe.execute()
+
     def verbs(self) -> list[str]:
         return sorted(self._scripts)

@@ -17,6 +17,7 @@ from typing import Any, Callable, TypeVar, Union
 
 import orjson
 
+from .calls import Call
 from .core import Core
 from .errors import InvalidInput, InvalidKey, NotFound, raise_for
 
@@ -167,11 +168,17 @@ class Servers:
         or units, the worker's choice), counts are integers in 0..1e6, names and
         ips strings of at most 200 characters. Anything else is refused, not stored.
         """
+        return self.core.call(self.heartbeat_call(who, body))
+
+    def heartbeat_call(self, who: Who, body: Any) -> Call:
         metrics = auth_first(self.core, who, lambda: validate_metrics(body), stacking=False)
-        ip = metrics.get("ip") or ""
-        reply = raise_for(self.core.run("heartbeat", [caller_key(self.core, who)], orjson.dumps(metrics), ip),
-                          "server")
-        return {"status": "ok", "server_id": reply[3].decode(), "server_name": reply[2].decode()}
+
+        def finish(replies: list) -> dict:
+            reply = raise_for(replies[0], "server")
+            return {"status": "ok", "server_id": reply[3].decode(), "server_name": reply[2].decode()}
+
+        return Call([self.core.script("heartbeat", [caller_key(self.core, who)], orjson.dumps(metrics),
+                                      metrics.get("ip") or "")], finish)
 
     def set_status(self, sid: str, status: str) -> str:
         """Operator sets online/offline/maintenance; returns the previous status."""

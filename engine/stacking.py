@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
+from .calls import Call, Command
 from .core import Core
 from .errors import Conflict, InvalidInput, NotFound, raise_for
 from .servers import Who, auth_first, caller_key
@@ -377,22 +378,28 @@ class Stacking:
 
     def get_task(self, task_id: str, who: Who | None = None) -> bytes:
         """One task's JSON object; no claim, no change. With ``who``, the caller is
-        authenticated in the same round trip (a pipeline: reads need no script)."""
-        pipe = self.core.r.pipeline(transaction=False)
+        authenticated in the same round trip (reads need no script of their own)."""
+        return self.core.call(self.get_task_call(task_id, who))
+
+    def get_task_call(self, task_id: str, who: Who | None = None) -> Call:
+        reads: list = [Command(("HMGET", self.k.task(task_id), "st", "lp", "cl", "ph", "fo", "req")),
+                       Command(("HGET", self.k.bodies, task_id))]
         if who is not None:
-            self.core.run("auth", [caller_key(self.core, who)], "1", self.s.server_offline_after_ms, client=pipe)
-        pipe.hmget(self.k.task(task_id), "st", "lp", "cl", "ph", "fo", "req")
-        pipe.hget(self.k.bodies, task_id)
-        replies = pipe.execute()
-        if who is not None:
-            raise_for(replies[0], "server")
-        (st, lp, cl, ph, fo, req), body = replies[-2:]
-        if st is None or body is None:
-            raise NotFound("task not found")
-        phase2 = ph == b"2"
-        return render_task(task_id.encode(), orjson.dumps(req.decode()), st,
-                           phase2_body(body) if phase2 else body, orjson.dumps(fo.decode()),
-                           lp or b'""', cl if phase2 else None)
+            reads.insert(0, self.core.script("auth", [caller_key(self.core, who)], "1",
+                                             self.s.server_offline_after_ms))
+
+        def finish(replies: list) -> bytes:
+            if who is not None:
+                raise_for(replies[0], "server")
+            (st, lp, cl, ph, fo, req), body = replies[-2:]
+            if st is None or body is None:
+                raise NotFound("task not found")
+            phase2 = ph == b"2"
+            return render_task(task_id.encode(), orjson.dumps(req.decode()), st,
+                               phase2_body(body) if phase2 else body, orjson.dumps(fo.decode()),
+                               lp or b'""', cl if phase2 else None)
+
+        return Call(reads, finish)
 
     def task_state(self, task_id: str) -> dict:
         """Internal fields of a task (operators and tests): status, owner, retries, error."""
@@ -405,57 +412,70 @@ class Stacking:
 
     def start(self, who: Who, task_id: str) -> str:
         """register -> registering, connect -> connecting; returns the caller's server id."""
+        return self.core.call(self.start_call(who, task_id))
+
+    def start_call(self, who: Who, task_id: str) -> Call:
         k = self.k
-        return raise_for(self.core.run("start", [caller_key(self.core, who), k.task(task_id), k.claim_leases,
-                                                 k.run_leases], self.s.server_offline_after_ms,
-                                       self.s.run_ttl_ms))[1].decode()
+        return Call([self.core.script("start", [caller_key(self.core, who), k.task(task_id), k.claim_leases,
+                                                k.run_leases], self.s.server_offline_after_ms,
+                                      self.s.run_ttl_ms)], _server_id)
 
     def complete(self, who: Who, task_id: str, link_post: Any = None, note: Any = None) -> str:
         """registering -> profiled (link_post required), connecting -> completed; returns the server id."""
+        return self.core.call(self.complete_call(who, task_id, link_post, note))
+
+    def complete_call(self, who: Who, task_id: str, link_post: Any = None, note: Any = None) -> Call:
         def check() -> tuple[bytes, str]:
             lp = orjson.dumps(_https_url(link_post, "link_post")) if link_post not in (None, "") else b""
             return lp, _text(note, "note", limit=MAX_MESSAGE * 10)
 
         encoded, text = auth_first(self.core, who, check)
-        return raise_for(self.core.run("complete", [caller_key(self.core, who), self.k.task(task_id),
-                                                    self.k.run_leases], self.s.server_offline_after_ms,
-                                       encoded, text))[1].decode()
+        return Call([self.core.script("complete", [caller_key(self.core, who), self.k.task(task_id),
+                                                   self.k.run_leases], self.s.server_offline_after_ms,
+                                      encoded, text)], _server_id)
 
     def fail(self, who: Who, task_id: str, error_message: Any, note: Any = None) -> str:
         """registering -> profile_failed, connecting -> connect_failed; returns the server id."""
+        return self.core.call(self.fail_call(who, task_id, error_message, note))
+
+    def fail_call(self, who: Who, task_id: str, error_message: Any, note: Any = None) -> Call:
         def check() -> tuple[str, str]:
             return (_text(error_message, "error_message", limit=MAX_MESSAGE, required=True),
                     _text(note, "note", limit=MAX_MESSAGE * 10))
 
         message, text = auth_first(self.core, who, check)
         k, s = self.k, self.s
-        return raise_for(self.core.run("fail", [caller_key(self.core, who), k.task(task_id), k.run_leases,
-                                                k.retries], s.server_offline_after_ms, message, text,
-                                       s.retry_base_ms, s.retry_cap_ms))[1].decode()
+        return Call([self.core.script("fail", [caller_key(self.core, who), k.task(task_id), k.run_leases,
+                                               k.retries], s.server_offline_after_ms, message, text,
+                                      s.retry_base_ms, s.retry_cap_ms)], _server_id)
 
     def connect_status(self, who: Who, folder_id: str) -> dict:
         """The seed's connect-status body for the caller's tasks of one folder (O(1))."""
-        return self.connect_status_of(who, folder_id)[1]
+        return self.core.call(self.connect_status_call(who, folder_id))[1]
 
-    def connect_status_of(self, who: Who, folder_id: str) -> tuple[str, dict]:
-        """``connect_status``, also returning the caller's server id."""
+    def connect_status_call(self, who: Who, folder_id: str) -> Call:
+        """Its result: ``(caller's server id, the connect-status body)``."""
         def check() -> None:
             if not folder_id or not folder_id.strip():
                 raise InvalidInput("folder_id is required")
 
         auth_first(self.core, who, check)
-        reply = raise_for(self.core.run("connect_status", [caller_key(self.core, who)],
-                                        self.s.server_offline_after_ms, folder_id), "server")
-        by_status = _counts(dict(zip(reply[2::2], reply[3::2])))
-        connect_count = sum(by_status.get(st, 0) for st in PHASE2)
-        return reply[1].decode(), {
-            "success": True, "folder_id": folder_id, "ready": connect_count > 0,
-            "total_tasks": sum(by_status.values()),
-            "phase1_active": sum(by_status.get(st, 0) for st in PHASE1),
-            "profiled": by_status.get("profiled", 0),
-            "connect_count": connect_count,
-            "by_status": by_status,
-        }
+
+        def finish(replies: list) -> tuple[str, dict]:
+            reply = raise_for(replies[0], "server")
+            by_status = _counts(dict(zip(reply[2::2], reply[3::2])))
+            connect_count = sum(by_status.get(st, 0) for st in PHASE2)
+            return reply[1].decode(), {
+                "success": True, "folder_id": folder_id, "ready": connect_count > 0,
+                "total_tasks": sum(by_status.values()),
+                "phase1_active": sum(by_status.get(st, 0) for st in PHASE1),
+                "profiled": by_status.get("profiled", 0),
+                "connect_count": connect_count,
+                "by_status": by_status,
+            }
+
+        return Call([self.core.script("connect_status", [caller_key(self.core, who)],
+                                      self.s.server_offline_after_ms, folder_id)], finish)
 
     # ---- system side (RQ jobs) -----------------------------------------
     def run_retries(self, batch: int = 500) -> dict:
@@ -493,6 +513,11 @@ class Stacking:
 
     def stats(self) -> dict[str, int]:
         return _counts(self.core.r.hgetall(self.k.stats))
+
+
+def _server_id(replies: list) -> str:
+    """``finish`` of a transition: the caller's server id from ``{"ok", id}``, or the refusal raised."""
+    return raise_for(replies[0])[1].decode()
 
 
 def _counts(raw: dict[bytes, bytes]) -> dict[str, int]:

@@ -1,0 +1,95 @@
+"""Engine operations as data: the Redis commands one operation needs, and how its replies become a result.
+
+An operation (start a task, record a heartbeat, read a task...) is a ``Call``:
+a short list of commands, at most one of them a script, plus ``finish``, which
+turns their replies into the result or raises the engine error. Splitting the
+two lets one definition run two ways:
+
+- ``Core.call`` runs it at once, in one round trip (jobs, CLI, tests);
+- the web process (``api/batch.py``) coalesces the calls of concurrent
+  requests into one pipeline per event-loop tick, so Redis' round trip and
+  the socket syscalls are paid once for many requests, and the event loop is
+  not blocked once per request.
+
+Every script stays atomic on its own; a pipeline only saves round trips. A
+command is never resent, with one exception: a script Redis refused with
+NOSCRIPT (it did not run) is loaded and its call run again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from redis.exceptions import NoScriptError
+
+from .scripts import ScriptSet
+
+
+@dataclass(frozen=True)
+class Script:
+    """EVALSHA of a script of ``engine/lua`` (``args`` include the standard leading ARGV)."""
+
+    verb: str
+    keys: Sequence[str]
+    args: Sequence[Any]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A plain read command, e.g. ``Command(("HMGET", key, "st"))``."""
+
+    args: tuple
+
+
+@dataclass(frozen=True)
+class Call:
+    commands: Sequence[Script | Command]
+    finish: Callable[[list], Any]
+
+
+def queue(pipe: Any, scripts: ScriptSet, call: Call) -> None:
+    """Put ``call``'s commands on ``pipe`` (EVALSHA by hand: redis-py's pipeline would
+    ask SCRIPT EXISTS first, a second round trip on every execute)."""
+    for c in call.commands:
+        if isinstance(c, Script):
+            pipe.execute_command("EVALSHA", scripts.sha(c.verb, len(c.keys)), len(c.keys), *c.keys, *c.args)
+        else:
+            pipe.execute_command(*c.args)
+
+
+def run_batch(client: Any, scripts: ScriptSet, calls: Sequence[Call]) -> list[tuple[bool, Any]]:
+    """Run ``calls`` in one pipeline; returns ``(ok, result or exception)`` per call, in order.
+
+    Connection errors propagate (the caller cannot know what ran). A call whose
+    script was not loaded (NOSCRIPT: Redis restarted or SCRIPT FLUSH) is run
+    again, once, after loading every script.
+    """
+    replies = _execute(client, scripts, calls)
+    retry = [i for i, rs in enumerate(replies) if any(isinstance(r, NoScriptError) for r in rs)]
+    if retry:
+        scripts.load_all()
+        for i, rs in zip(retry, _execute(client, scripts, [calls[i] for i in retry])):
+            replies[i] = rs
+    out: list[tuple[bool, Any]] = []
+    for call, rs in zip(calls, replies):
+        try:
+            err = next((r for r in rs if isinstance(r, Exception)), None)
+            if err is not None:
+                raise err
+            out.append((True, call.finish(rs)))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller of that call
+            out.append((False, exc))
+    return out
+
+
+def _execute(client: Any, scripts: ScriptSet, calls: Sequence[Call]) -> list[list]:
+    pipe = client.pipeline(transaction=False)
+    for call in calls:
+        queue(pipe, scripts, call)
+    flat = pipe.execute(raise_on_error=False)
+    out, i = [], 0
+    for call in calls:
+        n = len(call.commands)
+        out.append(flat[i:i + n])
+        i += n
+    return out
