@@ -36,6 +36,11 @@ class Core:
             raise result
         return result
 
+    def call_many(self, calls: Sequence[Call]) -> list[tuple[bool, Any]]:
+        """Run independent calls in one round trip (a worker starting or completing a
+        batch it pulled); returns ``(True, result)`` or ``(False, error)`` per call."""
+        return run_batch(self.r, self.scripts, calls) if calls else []
+
     def run(self, verb: str, keys: Sequence[str], *args: Any, client: Any = None) -> Any:
         """Run script ``verb`` with the standard leading ARGV: prefix, now, events cap.
 

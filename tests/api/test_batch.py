@@ -72,3 +72,13 @@ def test_redis_errors_reach_every_caller_of_the_batch(engine, monkeypatch):
     assert all(isinstance(r, redis.ConnectionError) for r in asyncio.run(main()))
     with pytest.raises(redis.ConnectionError):
         engine.core.call(engine.stacking.start_call("s", "t"))
+
+
+def test_call_many_runs_a_pulled_batch_in_one_round_trip(engine):
+    caller, _ = online_server(engine)
+    engine.stacking.create_request(request_doc(tasks=5))
+    tids = ids(engine.stacking.claim(caller.id, 5))
+    results = engine.core.call_many([engine.stacking.start_call(caller.id, t) for t in tids + ["nope"]])
+    assert [ok for ok, _ in results] == [True] * 5 + [False]
+    assert isinstance(results[-1][1], NotFound)
+    assert {engine.stacking.task_state(t)["status"] for t in tids} == {"registering"}
