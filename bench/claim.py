@@ -62,7 +62,7 @@ def drain_script(eng: Engine, sid: str) -> int:
     claim_raw = eng.stacking.claim_raw
     total = 0
     while True:
-        flat, bodies = claim_raw(sid, LIMIT)
+        _, flat, bodies = claim_raw(sid, LIMIT)
         if not flat:
             return total
         total += len(bodies)
