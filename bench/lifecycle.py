@@ -105,32 +105,46 @@ def expect_completed(eng: Engine, n: int) -> None:
 
 
 # ---- a. engine API -----------------------------------------------------------
-def engine_lifecycle(eng: Engine, sid: str, docs: list[dict], limit: int) -> tuple[int, float]:
-    """Import ``docs``, then claim/start/complete until empty; returns (tasks, import seconds)."""
+def engine_lifecycle(eng: Engine, sid: str, docs: list[dict], limit: int,
+                     batched: bool = True) -> tuple[int, float]:
+    """Import ``docs``, then claim/start/complete until empty; returns (tasks, import seconds).
+
+    ``batched``: each pulled batch is started, then completed, with ``Core.call_many``
+    (one round trip per batch, as a worker holding a batch would); else one call per task.
+    """
     st = eng.stacking
     t0 = time.perf_counter()
     for d in docs:
         st.create_request(d)
     import_s = time.perf_counter() - t0
     claim, start, complete, loads = st.claim, st.start, st.complete, orjson.loads
+    many = eng.core.call_many
     done = 0
     while True:
         got = claim(sid, limit)
         if not got:
             return done, import_s
-        for raw in got:
-            tid = loads(raw)["id"]
-            start(sid, tid)
-            complete(sid, tid, link_post(tid))
+        tids = [loads(raw)["id"] for raw in got]
+        if batched:
+            for results in (many([st.start_call(sid, t) for t in tids]),
+                            many([st.complete_call(sid, t, link_post(t)) for t in tids])):
+                failed = [r for ok, r in results if not ok]
+                if failed:
+                    raise RuntimeError(f"{len(failed)} calls refused, e.g. {failed[0]!r}")
+        else:
+            for tid in tids:
+                start(sid, tid)
+                complete(sid, tid, link_post(tid))
         done += len(got)
 
 
 def measure_engine(rs: RedisServer, a: argparse.Namespace, warm_docs: list[dict], docs: list[dict]) -> Run:
     eng = Engine(fresh(rs), Settings(namespace=f"bench-lc-{uuid.uuid4().hex[:8]}"))
     sid, _ = online_server(eng, "engine-1")
-    assert engine_lifecycle(eng, sid, warm_docs, a.limit)[0] == a.warmup
+    batched = a.engine_calls == "batched"
+    assert engine_lifecycle(eng, sid, warm_docs, a.limit, batched)[0] == a.warmup
     t0 = time.perf_counter()
-    done, import_s = engine_lifecycle(eng, sid, docs, a.limit)
+    done, import_s = engine_lifecycle(eng, sid, docs, a.limit, batched)
     total = time.perf_counter() - t0
     assert done == a.tasks, (done, a.tasks)
     expect_completed(eng, a.warmup + a.tasks)
@@ -296,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="uvicorn --loop (default uvloop when importable, else asyncio)")
     p.add_argument("--access-log", choices=("0", "1"), default=None,
                    help="TASKHUB_ACCESS_LOG for the web process (default: unset, the app's default)")
+    p.add_argument("--engine-calls", choices=("batched", "single"), default="batched",
+                   help="path a: start/complete each pulled batch with Core.call_many (default), or one call per task")
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="markdown file to update ('' to skip)")
     a = p.parse_args(argv)
     a.rq_jobs = a.rq_jobs or a.tasks
@@ -340,7 +356,9 @@ def main(argv: list[str] | None = None) -> int:
              for k, v in runs.items()}
     rq = med["rq"]
     labels = {
-        "engine": "a. engine API (`create_request`, `claim`, `start`, `complete`), one caller",
+        "engine": ("a. engine API (`create_request`, `claim`, then " + (
+            "`start_call`/`complete_call` per pulled batch via `Core.call_many`" if a.engine_calls == "batched"
+            else "`start`, `complete` per task") + "), one caller"),
         "http": f"b. HTTP, one uvicorn process, {a.clients} clients (admin import, pull, start, complete)",
         "rq": "c. RQ: `enqueue_many` + `SimpleWorker.work(burst=True)`, no-op jobs",
     }
