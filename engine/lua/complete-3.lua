@@ -21,13 +21,9 @@ local lp, note = ARGV[5], ARGV[6]
 -- @include auth
 -- @include lifecycle
 
-local sid, refusal = authenticate(KEYS[1], true, tonumber(ARGV[4]))
+local sid, t, refusal = held_task(tonumber(ARGV[4]), {registering = true, connecting = true})
 if not sid then return refusal end
-local tid = string.sub(KEYS[2], #K + 3)
-local t = load_task(tid)
-if not t then return {'not_found'} end
-if t.st ~= 'registering' and t.st ~= 'connecting' then return {'bad_state', t.st} end
-if t.own ~= sid then return {'not_task_owner', t.st} end
+local tid = t.id
 if t.st == 'registering' and lp == '' then return {'link_post_required', t.st} end
 
 redis.call('ZREM', KEYS[3], tid)

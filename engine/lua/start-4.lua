@@ -15,13 +15,9 @@ local run_ttl = tonumber(ARGV[5])
 -- @include common
 -- @include auth
 
-local sid, refusal = authenticate(KEYS[1], true, tonumber(ARGV[4]))
+local sid, t, refusal = held_task(tonumber(ARGV[4]), {register = true, connect = true})
 if not sid then return refusal end
-local tid = string.sub(KEYS[2], #K + 3)
-local t = load_task(tid)
-if not t then return {'not_found'} end
-if t.st ~= 'register' and t.st ~= 'connect' then return {'bad_state', t.st} end
-if t.own ~= sid then return {'not_task_owner', t.st} end
+local tid = t.id
 
 redis.call('ZREM', KEYS[3], tid)
 redis.call('ZADD', KEYS[4], NOW + run_ttl, tid)

@@ -35,3 +35,17 @@ local function authenticate(ckey, stacking, offline_after)
   end
   return sid, nil
 end
+
+-- The task of KEYS[2] (t:<task>) as held by the caller of KEYS[1], when its
+-- status is one of `statuses` (a set). Needs common. Returns sid, task, or
+-- nil, nil and the refusal, checked in this order: the caller, the task
+-- exists, its status, the caller holds it.
+local function held_task(offline_after, statuses)
+  local sid, refusal = authenticate(KEYS[1], true, offline_after)
+  if not sid then return nil, nil, refusal end
+  local t = load_task(string.sub(KEYS[2], #K + 3))
+  if not t then return nil, nil, {'not_found'} end
+  if not statuses[t.st] then return nil, nil, {'bad_state', t.st} end
+  if t.own ~= sid then return nil, nil, {'not_task_owner', t.st} end
+  return sid, t, nil
+end
