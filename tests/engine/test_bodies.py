@@ -1,0 +1,57 @@
+"""Task bodies: stored once as a JSON fragment; phase 2 derives the plain-text about from it."""
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from engine.stacking import html_to_text, phase2_body
+from tests.helpers import link, online_server, request_doc
+
+
+@pytest.mark.parametrize("markup,text", [
+    ("<p>Hello <b>world</b></p>", "Hello world"),
+    ("<p>a</p><p>b</p>", "a\nb"),
+    ("one<br>two<br/>three", "one\ntwo\nthree"),
+    ("<ul><li>x</li><li>y</li></ul>", "x\ny"),
+    ("Fish &amp; chips &lt;3 &#8364;5", "Fish & chips <3 €5"),
+    ("&amp;lt;", "&lt;"),  # entities decoded once
+    ('<a href="https://x.example/?a=1&b=2" title="a > b">link</a> text', "link text"),
+    ("<!-- hidden --><p>shown</p>", "shown"),
+    ("<!DOCTYPE html><P CLASS=x>Upper</P>", "Upper"),
+    ("  spaced \t  out  ", "spaced out"),
+    ("2 < 3 and 5 > 4", "2 < 3 and 5 > 4"),
+    ("Nội dung <i>bài viết</i>", "Nội dung bài viết"),
+    ("", ""),
+])
+def test_html_to_text(markup, text):
+    assert html_to_text(markup) == text
+
+
+def test_phase2_body_replaces_only_the_about_value():
+    tricky = {"domain": "docs.google.com", "website": "https://w.example",
+              "title": 'T ,"about":"fake","phone":"x"', "about": "<p>real <b>one</b></p>",
+              "phone": '1 ,"phone":"2"', "address": "", "location": "", "image_url": ""}
+    body = orjson.dumps(tricky)[1:-1]
+    got = orjson.loads(b"{" + phase2_body(body) + b"}")
+    assert got == {**tricky, "about": "real one"}
+
+
+def test_phase2_task_reads_plain_text_about_phase1_html(engine):
+    caller, _ = online_server(engine)
+    doc = request_doc(tasks=2, mode="chain", about="<p>Hi &amp; <b>bye</b></p>")
+    doc["folders"][0]["tasks"][0]["title"] = 'has "quotes" and ,"about":"'
+    engine.stacking.create_request(doc)
+    tasks = [orjson.loads(t) for t in engine.stacking.claim(caller.id, 2)]
+    assert {t["about"] for t in tasks} == {"<p>Hi &amp; <b>bye</b></p>"}
+    for t in tasks:
+        engine.stacking.start(caller.id, t["id"])
+        engine.stacking.complete(caller.id, t["id"], link(t["id"]))
+    phase2 = [orjson.loads(t) for t in engine.stacking.claim(caller.id, 2, "connect")]
+    assert {t["about"] for t in phase2} == {"Hi & bye"}
+    assert {t["title"] for t in phase2} == {'has "quotes" and ,"about":"', "Title 0-1"}
+    assert orjson.loads(engine.stacking.get_task(phase2[0]["id"]))["about"] == "Hi & bye"
+
+
+def test_a_body_is_stored_once_per_task(engine):
+    engine.stacking.create_request(request_doc(folders=2, tasks=5))
+    assert engine.core.r.hlen(engine.core.keys.bodies) == 10
