@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from engine.errors import (Conflict, EngineError, InvalidInput, InvalidKey, NotFound,
-                           ServerNotOnline, ServiceKeyMismatch)
+                           ServerNotOnline, ServiceKeyMismatch, Unavailable)
 from engine.servers import ApiKey, check_caller
 
 from .batch import Batcher
@@ -24,10 +24,10 @@ from .http import JSON, Forbidden, PayloadTooLarge, Unauthorized, read_json
 
 STATUS = {
     InvalidInput: 400, InvalidKey: 401, Unauthorized: 401, ServiceKeyMismatch: 403, ServerNotOnline: 403,
-    Forbidden: 403, NotFound: 404, Conflict: 409, PayloadTooLarge: 413,
+    Forbidden: 403, NotFound: 404, Conflict: 409, PayloadTooLarge: 413, Unavailable: 503,
 }
 # Errors whose envelope carries a machine code (stacking.md: "errors that have a machine code").
-CODED = (ServiceKeyMismatch, ServerNotOnline, Conflict, PayloadTooLarge)
+CODED = (ServiceKeyMismatch, ServerNotOnline, Conflict, PayloadTooLarge, Unavailable)
 OK = b'{"success":true}'
 
 

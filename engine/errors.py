@@ -48,6 +48,12 @@ class ServerNotOnline(EngineError):
     code = "server_not_online"
 
 
+class Unavailable(EngineError):
+    """Redis cannot be reached (restarting, loading, gone): nothing was done; retry shortly."""
+
+    code = "unavailable"
+
+
 def raise_for(reply: list, what: str = "task") -> list:
     """Return ``reply`` if it is ``ok``; otherwise raise the matching error."""
     code = _text(reply[0]) if reply else "not_found"
