@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
+import redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -16,7 +18,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from engine import Engine
-from engine.errors import EngineError, InvalidInput, NotFound
+from engine.errors import EngineError, InvalidInput, NotFound, Unavailable
 
 from . import admin, stacking
 from .batch import Batcher
@@ -51,6 +53,29 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     return response
 
 
+# Redis away (killed and being restarted, loading its data, socket gone): every
+# request answers 503 in its contract's envelope, never a 500 with a traceback.
+# redis.BusyLoadingError is a redis.ConnectionError.
+REDIS_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError)
+_WARN_EVERY_S = 5.0
+_outage = {"warned_at": -_WARN_EVERY_S, "suppressed": 0}
+
+
+async def on_redis_unavailable(request: Request, exc: Exception) -> Response:
+    """503 + ``Retry-After: 1``; one short warning line per 5 s, not one per request. The pooled
+    client reconnects by itself once Redis is back, so nothing else is needed to recover."""
+    now = time.monotonic()
+    if now - _outage["warned_at"] >= _WARN_EVERY_S:
+        more = f" ({_outage['suppressed']} more 503s since the last warning)" if _outage["suppressed"] else ""
+        log.warning("redis unavailable, answering 503: %s: %s%s", type(exc).__name__, exc, more)
+        _outage["warned_at"], _outage["suppressed"] = now, 0
+    else:
+        _outage["suppressed"] += 1
+    response = render_error(request.scope, Unavailable("storage temporarily unavailable; retry shortly"))
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     response = render_error(request.scope, EngineError("internal error"))
@@ -66,7 +91,8 @@ def create_app(engine: Engine | None = None, access_log: bool | None = None) -> 
         routes=[*stacking.routes, *admin.routes],
         middleware=[*([Middleware(AccessLog)] if access_log else []),
                     Middleware(BodyLimit, render=render_error, bulk_prefixes=admin.BULK_PREFIXES)],
-        exception_handlers={EngineError: on_engine_error, HTTPException: on_http_error, Exception: on_unexpected},
+        exception_handlers={EngineError: on_engine_error, HTTPException: on_http_error, Exception: on_unexpected,
+                            **{cls: on_redis_unavailable for cls in REDIS_UNAVAILABLE}},
     )
     app.state.engine = engine or Engine.from_env()
     app.state.batch = Batcher(app.state.engine.core)

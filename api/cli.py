@@ -56,9 +56,12 @@ def _sync_fsync(sock: Any, policy: str) -> None:
 def cmd_redis(args: argparse.Namespace) -> int:
     """Run (or adopt) the embedded Redis, restart it when it dies, save and stop it when signalled.
 
-    Restarts are bounded (RESTART_LIMIT within RESTART_WINDOW_S) and each is
-    logged with its reason. While this watches, the other processes keep
-    running: the web answers 503 and the workers wait until the server is back.
+    A death, or a start that fails because the new server exits at once, is
+    restarted within bounds (RESTART_LIMIT within RESTART_WINDOW_S), each with
+    a logged reason. A live server that never answers is not restarted (that
+    would mean two servers): the error ends this process. While this watches,
+    the other processes keep running: the web answers 503 and the workers wait
+    until the server is back.
     """
     if os.environ.get("REDIS_URL"):
         print("REDIS_URL is set: no embedded Redis to run; idling so the Procfile stays up", flush=True)
@@ -66,8 +69,8 @@ def cmd_redis(args: argparse.Namespace) -> int:
         return 0
     from collections import deque
 
-    from engine.connection import (StartInterrupted, embedded_pid, ensure_embedded, exit_description, fsync_policy,
-                                   is_embedded_server, stop_embedded, var_dir)
+    from engine.connection import (ServerExited, StartInterrupted, embedded_pid, ensure_embedded, exit_description,
+                                   fsync_policy, is_embedded_server, stop_embedded, var_dir)
 
     if args.stop:
         pid = stop_embedded()
@@ -83,37 +86,39 @@ def cmd_redis(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     restarts: deque[float] = deque()
     pid: int | None = None
+    failure: str | None = None  # why no server runs although one was running or being started
+    started = False
     try:
-        sock = ensure_embedded(cancel=lambda: stop["now"])
-        pid = embedded_pid()
-        _sync_fsync(sock, policy)
-        print(f"embedded redis (pid {pid}) on unix://{sock}, data in {var_dir()}, appendfsync {policy}", flush=True)
         while not stop["now"]:
-            if is_embedded_server(pid):
+            if pid is not None and is_embedded_server(pid):
                 time.sleep(0.2)
                 continue
-            reason = exit_description(pid) if pid else "no server found"
-            now = time.monotonic()
-            while restarts and now - restarts[0] > RESTART_WINDOW_S:
-                restarts.popleft()
-            if len(restarts) >= RESTART_LIMIT:
-                print(f"embedded redis (pid {pid}) died ({reason}) after {RESTART_LIMIT} restarts within "
-                      f"{RESTART_WINDOW_S:g} s; giving up, see {var_dir() / 'redis.log'}", file=sys.stderr, flush=True)
-                return 1
-            restarts.append(now)
-            print(f"embedded redis (pid {pid}) died ({reason}); restarting it "
-                  f"(restart {len(restarts)} of at most {RESTART_LIMIT} within {RESTART_WINDOW_S:g} s)", flush=True)
+            if pid is not None:
+                failure = f"embedded redis (pid {pid}) died ({exit_description(pid)})"
+            if failure is not None:
+                now = time.monotonic()
+                while restarts and now - restarts[0] > RESTART_WINDOW_S:
+                    restarts.popleft()
+                if len(restarts) >= RESTART_LIMIT:
+                    print(f"{failure} after {RESTART_LIMIT} restarts within {RESTART_WINDOW_S:g} s; giving up, "
+                          f"see {var_dir() / 'redis.log'}", file=sys.stderr, flush=True)
+                    return 1
+                restarts.append(now)
+                print(f"{failure}; restarting it (restart {len(restarts)} of at most {RESTART_LIMIT} within "
+                      f"{RESTART_WINDOW_S:g} s)", flush=True)
             try:
                 sock = ensure_embedded(cancel=lambda: stop["now"])
-            except StartInterrupted:
-                raise
-            except EmbeddedRedisError as exc:
-                print(f"embedded redis restart failed: {exc}", file=sys.stderr, flush=True)
-                time.sleep(1)
+            except ServerExited as exc:
+                pid, failure = None, f"embedded redis did not start ({exc})"
+                time.sleep(0.5)
                 continue
             pid = embedded_pid()
-            _sync_fsync(sock, policy)
-            print(f"embedded redis restarted (pid {pid}) on unix://{sock}", flush=True)
+            failure = None if pid else "embedded redis exited right after it started"
+            if pid:
+                _sync_fsync(sock, policy)
+                print(f"embedded redis {'restarted ' if started else ''}(pid {pid}) on unix://{sock}, "
+                      f"data in {var_dir()}, appendfsync {policy}", flush=True)
+                started = True
     except StartInterrupted:
         pass
     stopped = stop_embedded()
@@ -131,26 +136,28 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from rq import Queue, Worker
-
+    """RQ worker; keeps running while Redis is away (workers/runner.py)."""
     from engine.connection import connect
     from workers.jobs import QUEUE
+    from workers.runner import run_worker
 
     from api.app import configure_logging
 
     configure_logging()
-    conn = connect()
     # RQ logs several lines per job; ours logs one (workers.jobs), so RQ's go to WARNING.
-    Worker([Queue(QUEUE, connection=conn)], connection=conn).work(with_scheduler=False, logging_level="WARNING")
-    return 0
+    return run_worker(connect(), QUEUE)
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
+    """RQ's CronScheduler; keeps running while Redis is away (workers/runner.py)."""
     from engine.connection import connect
+    from workers.runner import run_scheduler
     from workers.scheduler import build
 
-    build(connect()).start()
-    return 0
+    from api.app import configure_logging
+
+    configure_logging()
+    return run_scheduler(connect(), build)
 
 
 # ---- operator commands ---------------------------------------------------------

@@ -68,6 +68,14 @@ class StartInterrupted(EmbeddedRedisError):
     """``ensure_embedded`` gave up waiting because its ``cancel`` callback said so."""
 
 
+class ServerExited(EmbeddedRedisError):
+    """The server this process started exited before it answered (bad config, corrupt files, killed)."""
+
+
+class ServerUnreachable(EmbeddedRedisError):
+    """A live server of this directory did not answer within the startup timeout; nothing was started."""
+
+
 class ConfigError(ValueError):
     """A ``TASKHUB_*`` setting of the embedded Redis has a value taskhub refuses."""
 
@@ -323,7 +331,8 @@ def ensure_embedded(directory: Path | None = None, timeout_s: float | None = Non
     pid, under the lock). Waits for a live one that does not answer yet, up to
     ``timeout_s`` (default ``TASKHUB_REDIS_START_TIMEOUT``) per server, saying
     on stderr what it waits for. Raises ``EmbeddedRedisError`` if a live server
-    never answers (and starts nothing), or if the server it started exits;
+    never answers (``ServerUnreachable``; it starts nothing), or if the server it
+    started exits before answering (``ServerExited``);
     ``StartInterrupted`` as soon as ``cancel()`` is true while waiting.
     """
     directory = Path(directory).absolute() if directory else var_dir()
@@ -355,7 +364,7 @@ def ensure_embedded(directory: Path | None = None, timeout_s: float | None = Non
             return sock
         if not is_embedded_server(pid, directory):
             if pid == started:
-                raise EmbeddedRedisError(f"embedded redis (pid {pid}) exited while starting ({exit_description(pid)});"
+                raise ServerExited(f"embedded redis (pid {pid}) exited while starting ({exit_description(pid)});"
                                          f" last lines of {directory / LOG_NAME}:\n{_log_tail(directory)}")
             if told:
                 _say(f"embedded redis (pid {pid}) has exited; starting a new one")
@@ -364,7 +373,7 @@ def ensure_embedded(directory: Path | None = None, timeout_s: float | None = Non
         now = time.monotonic()
         if now >= deadline:
             doing = "still loading its data set" if state == LOADING else f"not answering: {detail}"
-            raise EmbeddedRedisError(
+            raise ServerUnreachable(
                 f"embedded redis (pid {pid}) runs but did not answer on {sock} within {limit:g} s ({doing}); "
                 f"starting no second server on the same files. Wait and retry, raise TASKHUB_REDIS_START_TIMEOUT, "
                 f"or stop that process (kill {pid}) if it is stuck; see {directory / LOG_NAME}")
@@ -419,10 +428,13 @@ def stop_embedded(directory: Path | None = None, wait_s: float | None = None) ->
 
 # Never resend a command: a script that timed out on the client may still have run
 # (redis-py 8 would retry it, claiming tasks twice and stranding the first batch).
-# No read timeout either, since every script is bounded; idle pooled connections are
-# checked before use instead, so a Redis restart does not surface as an error.
+# No read timeout either, since every script is bounded. After a Redis restart the
+# pool recovers by itself: a pooled connection whose socket the old server closed
+# is replaced when it is checked out (ConnectionPool.get_connection), idle ones are
+# PINGed first (health_check_interval), and a command that fails on a dead server
+# fails once (the web's 503) and drops its connection; nothing is resent.
 CLIENT_OPTIONS = dict(socket_timeout=None, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0),
-                      retry_on_timeout=False, health_check_interval=30)
+                      health_check_interval=30)
 
 
 def connect(url: str | None = None) -> redis.Redis:

@@ -244,3 +244,79 @@ def test_fsync_setting_other_than_always_or_everysec_is_refused(var, monkeypatch
     monkeypatch.setenv("TASKHUB_REDIS_START_TIMEOUT", "soon")
     with pytest.raises(ConfigError, match="TASKHUB_REDIS_START_TIMEOUT"):
         ensure_embedded(var)
+
+
+class Watcher:
+    """``taskhub redis`` (the Procfile's line) in a subprocess, its output collected as it comes."""
+
+    def __init__(self, var: Path) -> None:
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "taskhub"), "redis"], cwd=REPO, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "TASKHUB_VAR": str(var)})
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self.reader.start()
+
+    @property
+    def out(self) -> str:
+        return "".join(self.lines)
+
+    def serving(self, var: Path, after: int | None) -> int:
+        """The pid of the server it announces serving, once that is not ``after``."""
+        found: list[int] = []
+
+        def announced() -> bool:
+            pid = embedded_pid(var)
+            if pid not in (None, after) and f"(pid {pid}) on unix://" in self.out:
+                found.append(pid)
+            return bool(found) or self.proc.poll() is not None
+
+        _wait_until(announced, 30, "no new server announced")
+        assert found, self.out
+        return found[0]
+
+    def wait(self) -> int:
+        code = self.proc.wait(timeout=60)
+        self.reader.join(timeout=10)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_redis_line_restarts_a_killed_server_then_saves_and_stops_it_on_sigterm(var):
+    watcher = Watcher(var)
+    try:
+        first = watcher.serving(var, None)
+        _client(var / "redis.sock").set("kept", "yes")
+        os.kill(first, signal.SIGKILL)
+        second = watcher.serving(var, first)
+        assert servers_of(var) == [second]
+        assert _client(var / "redis.sock").get("kept") == b"yes"
+        watcher.proc.send_signal(signal.SIGTERM)
+        assert watcher.wait() == 0, watcher.out
+    finally:
+        watcher.kill()
+    out = watcher.out
+    assert f"embedded redis (pid {first}) died (killed by SIGKILL); restarting it (restart 1 of at most 5" in out, out
+    assert f"embedded redis restarted (pid {second})" in out
+    assert f"embedded redis (pid {second}) stopped (data saved)" in out
+    assert servers_of(var) == [] and (var / "taskhub.rdb").exists()
+
+
+def test_redis_line_gives_up_after_5_restarts_within_a_minute(var):
+    watcher = Watcher(var)
+    try:
+        pid = None
+        for _ in range(6):
+            pid = watcher.serving(var, pid)
+            os.kill(pid, signal.SIGKILL)
+        assert watcher.wait() == 1, watcher.out
+    finally:
+        watcher.kill()
+    out = watcher.out
+    assert out.count("restarting it") == 5, out
+    assert f"embedded redis (pid {pid}) died (killed by SIGKILL) after 5 restarts within 60 s; giving up" in out
+    assert servers_of(var) == []

@@ -9,6 +9,7 @@ Runs once (it starts its own embedded Redis); TTLs are shortened to seconds.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import re
@@ -17,11 +18,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import redis
+
+from engine.connection import embedded_pid, process_alive
+from tests.test_embedded_redis import kill_servers_of, servers_of
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -55,9 +61,18 @@ def _requests() -> list[dict]:
     ]
 
 
+class System(NamedTuple):
+    env: dict[str, str]
+    port: int
+    honcho: subprocess.Popen
+    log: Path
+
+
 @contextlib.contextmanager
 def running_system(tmp_path: Path, **settings: str):
-    """The Procfile under honcho on its own embedded Redis; yields (env, port)."""
+    """The Procfile under honcho on its own embedded Redis; yields a ``System`` (env, port, ...).
+
+    Afterwards no redis-server of its directory is left running, whatever happened."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update({"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "TASKHUB_VAR": str(tmp_path / "var"),
@@ -67,14 +82,21 @@ def running_system(tmp_path: Path, **settings: str):
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_http(port)
-        yield env, port
+        yield System(env, port, system, tmp_path / "honcho.log")
+    except BaseException:
+        log.flush()
+        print("---- honcho.log (tail) ----\n" + (tmp_path / "honcho.log").read_text()[-6000:])  # shown on failure
+        raise
     finally:
-        os.killpg(system.pid, signal.SIGTERM)
+        for sig in (signal.SIGCONT, signal.SIGTERM):  # SIGCONT: a test may have paused a process
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(system.pid, sig)
         try:
             system.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(system.pid, signal.SIGKILL)
         log.close()
+        kill_servers_of(tmp_path / "var")
 
 
 def test_readme_walk_through_runs_as_written(tmp_path):
@@ -83,7 +105,7 @@ def test_readme_walk_through_runs_as_written(tmp_path):
     blocks = re.findall(r"```sh\n(.*?)```", (REPO / "README.md").read_text(), re.S)[2:]
     assert len(blocks) >= 2
     shutil.copytree(REPO / "examples", tmp_path / "examples")
-    with running_system(tmp_path) as (env, port):
+    with running_system(tmp_path) as (env, port, *_):
         script = "set -eo pipefail\n" + "\n".join(blocks).replace("localhost:8000", f"localhost:{port}")
         out = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=60)
@@ -98,7 +120,7 @@ def test_two_servers_one_killed_drive_1000_tasks_to_the_end(tmp_path):
         tmp_path, TASKHUB_CLAIM_TTL="2", TASKHUB_RUN_TTL="3", TASKHUB_REASSIGN_AFTER="2",
         TASKHUB_RETRY_BASE="0.2", TASKHUB_RETRY_CAP="1", TASKHUB_SWEEP_INTERVAL="1",
         TASKHUB_RETRY_INTERVAL="1", TASKHUB_REASSIGN_INTERVAL="1",
-    ) as (env, port):
+    ) as (env, port, *_):
         try:
             keys = []
             for name in ("tool-a", "tool-b"):
@@ -154,3 +176,158 @@ def test_two_servers_one_killed_drive_1000_tasks_to_the_end(tmp_path):
                 if sim.poll() is None:
                     sim.kill()
                     sim.wait()
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """pid -> command line of every live descendant of ``root``."""
+    parent, cmdline = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                parent[int(entry)] = int(fh.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmdline[int(entry)] = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = {}, [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, ppid in parent.items():
+            if ppid == pid and child not in found:
+                found[child] = cmdline.get(child, "")
+                frontier.append(child)
+    return {pid: cmd for pid, cmd in found.items() if process_alive(pid)}
+
+
+def _procfile_pids(honcho: int) -> dict[str, int]:
+    """The python process of each Procfile line (redis, web, worker, scheduler)."""
+    pids = {}
+    for pid, cmd in _descendants(honcho).items():
+        words = cmd.split()
+        for i, word in enumerate(words[:-1]):
+            if word.endswith("/taskhub") and words[i + 1] in ("redis", "web", "worker", "scheduler"):
+                pids.setdefault(words[i + 1], pid)
+    return pids
+
+
+def _call(port: int, method: str, path: str, body: dict | None = None, key: str | None = None):
+    """(status, headers, parsed body) on a fresh connection; a reset or refusal raises."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        headers = {"Content-Type": "application/json", **({"X-API-Key": key} if key else {})}
+        conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+UNAVAILABLE = {"success": False, "message": "storage temporarily unavailable; retry shortly", "code": "unavailable"}
+
+
+def test_kill_9_of_redis_while_workers_pull_keeps_the_system_up(tmp_path):
+    """kill -9 of the embedded redis-server: the `redis` line restarts it, web answers 503
+    meanwhile (never a 500 or a reset), web/worker/scheduler keep running and serve again by
+    themselves, and every write acknowledged before the kill (TASKHUB_FSYNC=always) is there."""
+    with running_system(tmp_path, TASKHUB_FSYNC="always", TASKHUB_SWEEP_INTERVAL="1", TASKHUB_RETRY_INTERVAL="1",
+                        TASKHUB_REASSIGN_INTERVAL="1") as system:
+        port, var = system.port, tmp_path / "var"
+        keys = {}
+        for name in ("tool-1", "tool-2"):
+            status, _, body = _call(port, "POST", "/api/v1/admin/servers", {"name": name})
+            assert status == 201, body
+            keys[name] = body["data"]["api_key"]
+            assert _call(port, "POST", "/api/v1/worker/health", {"server_name": name}, keys[name])[0] == 200
+        doc = {"website": "https://likepion.com", "folders": [
+            {"folder_id": f"K9-{f}", "tasks": [{"domain": "docs.google.com", "title": f"t{f}-{t}"} for t in range(20)]}
+            for f in range(10)]}  # 20 per folder: completing 10 does not open a folder's barrier
+        assert _call(port, "POST", "/api/v1/admin/stacking/requests", doc)[0] == 201
+
+        # acknowledged before the kill: 10 tasks pulled, started and completed by tool-1
+        status, _, pulled = _call(port, "GET", "/api/v1/stacking/links?limit=10", key=keys["tool-1"])
+        assert status == 200 and len(pulled["data"]) == 10
+        done = [t["id"] for t in pulled["data"]]
+        for task in done:
+            assert _call(port, "POST", f"/api/v1/stacking/links/{task}/start", key=keys["tool-1"])[0] == 200
+            assert _call(port, "POST", f"/api/v1/stacking/links/{task}/complete",
+                         {"link_post": f"https://drive.google.com/{task}"}, keys["tool-1"])[0] == 200
+
+        # tool-2 keeps pulling and heartbeating throughout: only 200 or 503, never a 500 or a reset
+        seen: list = []
+        stop = threading.Event()
+
+        def pull_forever() -> None:
+            while not stop.is_set():
+                for method, path, body in (("POST", "/api/v1/worker/health", {"server_name": "tool-2"}),
+                                           ("GET", "/api/v1/stacking/links?limit=2", None)):
+                    try:
+                        status, headers, answer = _call(port, method, path, body, keys["tool-2"])
+                        seen.append((status, answer if status != 200 else None, headers.get("retry-after")))
+                    except Exception as exc:  # noqa: BLE001 - a reset or refusal is the failure we look for
+                        seen.append(("error", repr(exc), None))
+                time.sleep(0.02)
+
+        puller = threading.Thread(target=pull_forever, daemon=True)
+        puller.start()
+        procs = _procfile_pids(system.honcho.pid)
+        assert set(procs) == {"redis", "web", "worker", "scheduler"}, _descendants(system.honcho.pid)
+        old = embedded_pid(var)
+        assert servers_of(var) == [old]
+
+        # hold the outage open: pause the `redis` line, kill the server, look, then let it act
+        os.kill(procs["redis"], signal.SIGSTOP)
+        try:
+            os.kill(old, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while process_alive(old):
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            outage_seen = len(seen)
+            for _ in range(15):  # ~1.5 s: the scheduler's and the worker's next Redis calls fail too
+                status, headers, body = _call(port, "GET", "/api/v1/stacking/links?limit=1", key=keys["tool-1"])
+                assert (status, body, headers.get("retry-after")) == (503, UNAVAILABLE, "1")
+                status, _, body = _call(port, "POST", f"/api/v1/stacking/links/{done[0]}/start", key=keys["tool-1"])
+                assert (status, body) == (503, UNAVAILABLE)
+                time.sleep(0.1)
+            assert embedded_pid(var) is None  # nobody else restarted it while the `redis` line was paused
+            for name in ("web", "worker", "scheduler"):
+                assert process_alive(procs[name]), f"{name} exited while Redis was away"
+        finally:
+            os.kill(procs["redis"], signal.SIGCONT)
+
+        deadline = time.monotonic() + 30
+        while True:  # back by itself: the `redis` line restarts the server, the web reconnects
+            status, _, body = _call(port, "GET", "/api/v1/stacking/links?limit=5", key=keys["tool-1"])
+            if status == 200:
+                break
+            assert (status, body) == (503, UNAVAILABLE)
+            assert time.monotonic() < deadline, "the system did not come back"
+            time.sleep(0.1)
+        new = embedded_pid(var)
+        assert new not in (None, old) and servers_of(var) == [new]
+        assert len(body["data"]) == 5  # pulls work again
+        task = body["data"][0]["id"]
+        assert _call(port, "POST", f"/api/v1/stacking/links/{task}/start", key=keys["tool-1"])[0] == 200
+        for task in done:  # every transition acknowledged before the kill survived it
+            status, _, detail = _call(port, "GET", f"/api/v1/stacking/links/{task}", key=keys["tool-1"])
+            assert status == 200 and detail["data"]["status"] == "profiled", detail
+
+        log = system.log.read_text()
+        restarted_at = log.index("restarting it")
+        assert re.search(rf"redis\.1 .*embedded redis \(pid {old}\) died \(.*\); restarting it", log), log[-3000:]
+        # the worker runs scheduled jobs again (the scheduler enqueued them, the worker ran them)
+        deadline = time.monotonic() + 30
+        while "job=" not in system.log.read_text()[restarted_at:]:
+            assert time.monotonic() < deadline, "no job ran after the restart"
+            time.sleep(0.2)
+        stop.set()
+        puller.join(timeout=30)
+        assert _procfile_pids(system.honcho.pid) == procs  # nothing exited, nothing was restarted by honcho
+        log = system.log.read_text()
+        assert "stopped (rc=" not in log and "Traceback" not in log, log[-3000:]
+    statuses = Counter(entry[0] for entry in seen)
+    assert set(statuses) <= {200, 503}, [entry for entry in seen if entry[0] not in (200, 503)][:5]
+    assert statuses[503] >= 1 and all(e[1] == UNAVAILABLE and e[2] == "1" for e in seen if e[0] == 503)
+    assert outage_seen < len(seen) and statuses[200] > 2
