@@ -365,9 +365,9 @@ def ensure_embedded(directory: Path | None = None, timeout_s: float | None = Non
         if not is_embedded_server(pid, directory):
             if pid == started:
                 raise ServerExited(f"embedded redis (pid {pid}) exited while starting ({exit_description(pid)});"
-                                         f" last lines of {directory / LOG_NAME}:\n{_log_tail(directory)}")
+                                   f" last lines of {directory / LOG_NAME}:\n{_log_tail(directory)}")
             if told:
-                _say(f"embedded redis (pid {pid}) has exited; starting a new one")
+                _say(f"embedded redis (pid {pid}) has exited; one new server is started (by this process or another)")
             pid = None
             continue
         now = time.monotonic()
