@@ -409,7 +409,8 @@ def stop_embedded(directory: Path | None = None, wait_s: float | None = None) ->
         return None
     sock = directory / SOCKET_NAME
     try:
-        redis.Redis(unix_socket_path=str(sock), retry=Retry(NoBackoff(), 0), socket_connect_timeout=5).shutdown(save=True)
+        client = redis.Redis(unix_socket_path=str(sock), retry=Retry(NoBackoff(), 0), socket_connect_timeout=5)
+        client.shutdown(save=True)
     except (redis.ConnectionError, redis.TimeoutError, OSError):
         if is_embedded_server(pid, directory):
             try:

@@ -122,4 +122,5 @@ def test_rq_tracebacks_for_redis_errors_become_one_line():
         record.exc_info = sys.exc_info()
     assert runner.OneLineRedisErrors().filter(record)
     assert record.exc_info is None
-    assert record.getMessage() == "Worker w1: found an unhandled exception (ConnectionError: Connection closed by server.)"
+    assert record.getMessage() == ("Worker w1: found an unhandled exception"
+                                   " (ConnectionError: Connection closed by server.)")
