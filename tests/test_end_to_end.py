@@ -202,14 +202,28 @@ def _descendants(root: int) -> dict[int, str]:
 
 
 def _procfile_pids(honcho: int) -> dict[str, int]:
-    """The python process of each Procfile line (redis, web, worker, scheduler)."""
-    pids = {}
+    """The python process of each Procfile line (redis, web, worker, scheduler); not the worker's
+    work horses, forked children with the same command line."""
+    found: dict[str, set[int]] = {}
     for pid, cmd in _descendants(honcho).items():
         words = cmd.split()
         for i, word in enumerate(words[:-1]):
             if word.endswith("/taskhub") and words[i + 1] in ("redis", "web", "worker", "scheduler"):
-                pids.setdefault(words[i + 1], pid)
+                found.setdefault(words[i + 1], set()).add(pid)
+    pids = {}
+    for name, candidates in found.items():
+        top = [pid for pid in candidates if _parent(pid) not in candidates]
+        if top:
+            pids[name] = min(top)
     return pids
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _call(port: int, method: str, path: str, body: dict | None = None, key: str | None = None):
@@ -269,6 +283,12 @@ def test_kill_9_of_redis_while_workers_pull_keeps_the_system_up(tmp_path):
                         seen.append(("error", repr(exc), None))
                 time.sleep(0.02)
 
+        # every process is past its own start (a process still starting would start a server itself,
+        # legitimately): the `redis` line watches, the scheduler has enqueued a job, the worker ran it
+        deadline = time.monotonic() + 60
+        while not all(marker in system.log.read_text() for marker in ("job=", "| embedded redis (pid")):
+            assert time.monotonic() < deadline, "the system did not settle"
+            time.sleep(0.1)
         puller = threading.Thread(target=pull_forever, daemon=True)
         puller.start()
         procs = _procfile_pids(system.honcho.pid)

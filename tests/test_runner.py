@@ -124,3 +124,20 @@ def test_rq_tracebacks_for_redis_errors_become_one_line():
     assert record.exc_info is None
     assert record.getMessage() == ("Worker w1: found an unhandled exception"
                                    " (ConnectionError: Connection closed by server.)")
+
+
+def test_a_job_that_failed_on_a_redis_error_is_logged_in_one_line():
+    import logging
+
+    trace = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n    r.ping()\n"
+             "redis.exceptions.ConnectionError: Error 111 connecting to var/redis.sock. Connection refused.\n")
+    record = logging.LogRecord("rq.worker", logging.ERROR, __file__, 1,
+                               "Worker %s: job %s: exception raised while executing (%s)\n%s",
+                               ("w1", "j1", "workers.jobs.sweep_leases", trace), None)
+    assert runner.OneLineRedisErrors().filter(record)
+    assert record.getMessage() == ("Worker w1: job j1: exception raised while executing (workers.jobs.sweep_leases) "
+                                   "redis.exceptions.ConnectionError: Error 111 connecting to var/redis.sock. "
+                                   "Connection refused.")
+    other = trace.replace("redis.exceptions.ConnectionError", "ValueError")
+    record = logging.LogRecord("rq.worker", logging.ERROR, __file__, 1, "%s", (other,), None)
+    assert runner.OneLineRedisErrors().filter(record) and record.getMessage() == other  # other errors untouched

@@ -21,8 +21,20 @@ MAX_BATCHES = 50  # per run; a backlog bigger than this is finished by the next 
 
 @lru_cache(maxsize=1)
 def engine() -> Engine:
-    """One engine per worker process (REDIS_URL or the embedded Redis)."""
-    return Engine.from_env()
+    """One engine per work horse, on the worker's own connection when run by RQ.
+
+    Not ``Engine.from_env()`` there: that would look for the embedded server
+    in every horse, and a horse that ran as Redis was killed would start a
+    new one itself; restarting is the Procfile's ``redis`` line's job.
+    """
+    from rq import get_current_job
+
+    from engine import Settings
+
+    job = get_current_job()
+    if job is not None:
+        return Engine(job.connection, Settings.from_env())
+    return Engine.from_env()  # called outside RQ (e.g. by hand)
 
 
 def _logged(name: str, body: Callable[[], dict]) -> dict:

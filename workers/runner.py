@@ -42,7 +42,11 @@ RETRY_MAX_S = 2.0
 
 
 class OneLineRedisErrors(logging.Filter):
-    """Turn a record carrying a Redis connection error's traceback into one line (the runner retries)."""
+    """Turn a record carrying a Redis connection error's traceback into one line (the runner retries).
+
+    RQ attaches it either as ``exc_info`` (its work loop) or as a formatted
+    string argument (a job that failed: "exception raised while executing").
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
@@ -50,7 +54,19 @@ class OneLineRedisErrors(logging.Filter):
             record.msg = f"{record.getMessage()} ({type(exc).__name__}: {exc})"
             record.args = None
             record.exc_info = record.exc_text = None
+        elif isinstance(record.args, tuple) and any(_redis_traceback(a) for a in record.args):
+            record.args = tuple(_redis_traceback(a) or a for a in record.args)
+            record.msg = str(record.msg).replace("\n%s", " %s")
         return True
+
+
+def _redis_traceback(value: object) -> str | None:
+    """The last line of a formatted traceback that ends in a Redis connection error, else None."""
+    if not isinstance(value, str) or "Traceback (most recent call last)" not in value:
+        return None
+    last = value.strip().splitlines()[-1]
+    names = ("ConnectionError", "TimeoutError", "BusyLoadingError")
+    return last if last.startswith(tuple(f"redis.exceptions.{n}" for n in names)) else None
 
 
 def quiet_rq_tracebacks() -> None:
