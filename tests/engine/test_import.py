@@ -174,3 +174,16 @@ def test_recovery_job_twice_acts_once(engine, small_chunks, clock):
     after = state(engine)
     assert jobs.recover_imports(engine) == {"aborted": 0, "published": 0, "left": 0}
     assert state(engine) == after and not engine.core.r.exists(engine.core.keys.request(rid))
+
+
+def test_cancel_is_refused_while_an_import_is_being_rolled_back(engine, small_chunks):
+    rid, token = _staged(engine, request_doc(folders=3, tasks=5), chunks=1)
+    k = engine.core.keys
+    assert engine.core.run("import_abort", [k.request(rid)], token, 2, 0)[1] == b"aborted"  # 2 of 7 deleted
+    before = state(engine)
+    with pytest.raises(Conflict, match="aborting"):
+        engine.stacking.cancel_request(rid)
+    assert state(engine) == before
+    while engine.core.r.exists(k.request(rid)):  # anyone may carry the abort on
+        engine.core.run("import_abort", [k.request(rid)], "", 2, 0)
+    assert engine.core.r.hlen(k.bodies) == 0 and engine.stacking.stats().get("register", 0) == 0
