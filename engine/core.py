@@ -1,7 +1,9 @@
-"""The engine context shared by every contract: client, settings, keys, scripts.
+"""The engine context of one contract: client, settings, its keys, its scripts.
 
-One ``Core`` per process (or per test). Contract modules (``stacking``,
-``servers``) take it and never build keys or load scripts themselves.
+One ``Core`` per contract per process (or per test), all sharing one client.
+Contract modules take theirs and never build keys or load scripts themselves.
+Every script gets the same leading ARGV (tagged prefix, now in ms, events cap),
+which the shared Lua includes rely on.
 """
 from __future__ import annotations
 
@@ -16,11 +18,11 @@ from .scripts import ScriptSet
 
 
 class Core:
-    def __init__(self, client: redis.Redis, settings: Settings | None = None) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, keys: Keys) -> None:
         self.r = client
-        self.settings = settings or Settings()
-        self.keys = Keys(self.settings.namespace)
-        self.scripts = ScriptSet(client)
+        self.settings = settings
+        self.keys = keys
+        self.scripts = ScriptSet(client, keys.contract)
 
     def now(self) -> int:
         return self.settings.clock()

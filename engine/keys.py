@@ -1,25 +1,65 @@
 """Every Redis key name, built in one place (see ``engine/KEYS.md`` for types and writers).
 
-All stacking keys share the hash tag ``{stacking}`` so every script touches one
-cluster slot. Scripts that must derive per-task or per-folder keys receive the
-tagged prefix (``Keys.prefix``) as ``ARGV[1]`` and append the same suffixes
-written here; ``engine/lua/includes/keys.lua`` mirrors this file.
+A key is ``<namespace>:{<tag>}:<suffix>``. The hash tag is the contract, or
+the contract and a shard number (``{stacking}``, ``{devices}``, ``{tasks}``,
+``{stacking:3}``): every key one script touches shares it, so every script is
+valid on Redis Cluster, and sharding a contract is a matter of configuration
+(``Keys(namespace, contract, shard)``), not a rewrite. Scripts that derive
+per-task or per-folder keys receive the tagged prefix (``Keys.prefix``) as
+``ARGV[1]`` and append the same suffixes written here.
+
+``Keys`` holds what every contract has (tasks, leases, the retry schedule,
+counters, events, an id sequence); each contract subclasses it for its own.
 """
 from __future__ import annotations
 
 
 class Keys:
-    """Key builder for one namespace (tests give each test its own namespace)."""
+    """Key builder for one contract (and shard) in one namespace (tests give each test its own)."""
 
-    def __init__(self, namespace: str, tag: str = "stacking") -> None:
-        self.prefix = f"{namespace}:{{{tag}}}:"
+    def __init__(self, namespace: str, contract: str, shard: int | None = None) -> None:
+        self.contract = contract
+        self.shard = shard
+        self.tag = contract if shard is None else f"{contract}:{shard}"
+        self.prefix = f"{namespace}:{{{self.tag}}}:"
 
     def _k(self, suffix: str) -> str:
         return self.prefix + suffix
 
-    # tasks, folders, requests
-    def task(self, task_id: str) -> str:
+    def task(self, task_id: str | int) -> str:
         return self._k(f"t:{task_id}")
+
+    # leases, retries, counters, events
+    @property
+    def claim_leases(self) -> str:
+        return self._k("lease:claim")
+
+    @property
+    def run_leases(self) -> str:
+        return self._k("lease:run")
+
+    @property
+    def retries(self) -> str:
+        return self._k("retry")
+
+    @property
+    def stats(self) -> str:
+        return self._k("stats")
+
+    @property
+    def events(self) -> str:
+        return self._k("events")
+
+    @property
+    def seq(self) -> str:
+        return self._k("seq")
+
+
+class StackingKeys(Keys):
+    """Requests, folders, task bodies and servers of the stacking contract."""
+
+    def __init__(self, namespace: str, shard: int | None = None) -> None:
+        super().__init__(namespace, "stacking", shard)
 
     def folder(self, folder_id: str) -> str:
         return self._k(f"f:{folder_id}")
@@ -62,31 +102,6 @@ class Keys:
     @property
     def imports(self) -> str:
         return self._k("imports")
-
-    # leases, retries, counters, events
-    @property
-    def claim_leases(self) -> str:
-        return self._k("lease:claim")
-
-    @property
-    def run_leases(self) -> str:
-        return self._k("lease:run")
-
-    @property
-    def retries(self) -> str:
-        return self._k("retry")
-
-    @property
-    def stats(self) -> str:
-        return self._k("stats")
-
-    @property
-    def events(self) -> str:
-        return self._k("events")
-
-    @property
-    def seq(self) -> str:
-        return self._k("seq")
 
     # servers
     def server(self, server_id: str) -> str:

@@ -1,9 +1,14 @@
-"""Load the Lua scripts of ``engine/lua/`` once and run them by SHA.
+"""Load a contract's Lua scripts once and run them by SHA.
 
-Conventions (after BullMQ's ``src/commands``): one operation per file, named
-``<verb>-<N>.lua`` where N is the number of KEYS; a line ``-- @include name``
-pastes ``includes/name.lua`` in its place. ``ScriptSet.run`` checks the key
-count against the file name, so changing a script's keys forces a rename.
+Layout: ``engine/lua/<contract>/<verb>-<N>.lua``, one operation per file (after
+BullMQ's ``src/commands``), where N is the number of KEYS. A line
+``-- @include name`` pastes ``engine/lua/<contract>/includes/name.lua`` or,
+when the contract has none of that name, the shared
+``engine/lua/includes/name.lua`` (events, status and counters, leases,
+retries: the machinery every contract uses, written once). Each include is
+pasted once per script, however many includes ask for it. ``ScriptSet.run``
+checks the key count against the file name, so changing a script's keys forces
+a rename.
 
 redis-py's ``Script`` does EVALSHA and reloads on NOSCRIPT (for example after a
 Redis restart or ``SCRIPT FLUSH``), which is exactly the behaviour we want.
@@ -18,31 +23,38 @@ import redis
 from redis.commands.core import Script
 
 LUA_DIR = Path(__file__).parent / "lua"
+SHARED_INCLUDES = LUA_DIR / "includes"
 _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 _NAME = re.compile(r"^(?P<verb>[a-z_]+)-(?P<nkeys>\d+)\.lua$")
 
 
-def render(path: Path, _seen: frozenset[str] = frozenset()) -> str:
-    """The script's source with its includes pasted in (each include once)."""
-    seen = set(_seen)
+def render(path: Path, seen: set[str] | None = None) -> str:
+    """The script's source with its includes pasted in (each include once per script)."""
+    seen = set() if seen is None else seen
+    contract_includes = path.parent / "includes" if path.parent.name != "includes" else path.parent
 
     def paste(match: re.Match[str]) -> str:
         name = match.group(1)
         if name in seen:
             return ""
         seen.add(name)
-        return render(LUA_DIR / "includes" / f"{name}.lua", frozenset(seen))
+        own = contract_includes / f"{name}.lua"
+        return render(own if own.exists() else SHARED_INCLUDES / f"{name}.lua", seen)
 
     return _INCLUDE.sub(paste, path.read_text())
 
 
 class ScriptSet:
-    """All scripts, registered on one client; ``run(verb, keys, args)`` executes one."""
+    """One contract's scripts, registered on one client; ``run(verb, keys, args)`` executes one."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, contract: str) -> None:
         self.client = client
+        self.contract = contract
         self._scripts: dict[str, tuple[int, Script]] = {}
-        for path in sorted(LUA_DIR.glob("*.lua")):
+        folder = LUA_DIR / contract
+        if not folder.is_dir():
+            raise ValueError(f"no scripts for contract {contract!r} (expected {folder})")
+        for path in sorted(folder.glob("*.lua")):
             m = _NAME.match(path.name)
             if not m:
                 raise ValueError(f"script file name must be <verb>-<nkeys>.lua: {path.name}")

@@ -8,13 +8,15 @@ import redis
 from .config import Settings
 from .connection import connect
 from .core import Core
+from .keys import StackingKeys
 from .servers import Servers
 from .stacking import Stacking
 
 
 class Engine:
     def __init__(self, client: redis.Redis, settings: Settings | None = None) -> None:
-        self.core = Core(client, settings)
+        settings = settings or Settings()
+        self.core = Core(client, settings, StackingKeys(settings.namespace))
         self.servers = Servers(self.core)
         self.stacking = Stacking(self.core)
 

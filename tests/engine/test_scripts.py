@@ -7,8 +7,18 @@ from engine.scripts import LUA_DIR, ScriptSet, render
 from tests.helpers import ids, link, online_server, request_doc
 
 
+CONTRACT_SCRIPTS = sorted(LUA_DIR.glob("*/*-*.lua"))
+
+
+def test_every_contract_has_scripts_and_no_script_sits_outside_a_contract_folder():
+    assert {p.parent.name for p in CONTRACT_SCRIPTS} >= {"stacking"}
+    assert not list(LUA_DIR.glob("*.lua"))
+    assert not list(LUA_DIR.glob("includes/*-*.lua"))
+
+
 def test_every_script_declares_its_keys_and_argv():
-    for path in LUA_DIR.glob("*.lua"):
+    assert CONTRACT_SCRIPTS
+    for path in CONTRACT_SCRIPTS:
         nkeys = int(re.search(r"-(\d+)\.lua$", path.name).group(1))
         header = path.read_text().split("]]", 1)[0]
         for i in range(1, nkeys + 1):
@@ -18,9 +28,25 @@ def test_every_script_declares_its_keys_and_argv():
 
 
 def test_includes_are_pasted_once():
-    source = render(LUA_DIR / "claim-5.lua")
+    source = render(LUA_DIR / "stacking" / "claim-5.lua")
     assert "@include" not in source
     assert source.count("local function load_task(") == 1
+    # shared includes, reached through several contract includes, appear once too
+    assert source.count("local function emit(") == 1
+    assert source.count("local function change_status(") == 1
+    assert source.count("local function sweep_lapsed(") == 1
+
+
+def test_shared_includes_name_no_contract():
+    for path in (LUA_DIR / "includes").glob("*.lua"):
+        text = path.read_text().lower()
+        for contract in ("stacking", "device", "folder", "serial", "server"):
+            assert contract not in text, f"{path.name} mentions {contract!r}"
+
+
+def test_unknown_contract_has_no_scripts(engine):
+    with pytest.raises(ValueError, match="no scripts"):
+        ScriptSet(engine.core.r, "nope")
 
 
 def test_wrong_key_count_is_refused(engine):
@@ -38,4 +64,4 @@ def test_scripts_reload_after_the_script_cache_is_flushed(engine):
     engine.core.r.script_flush()
     engine.stacking.complete(caller.id, tid, link(1))
     assert engine.stacking.task_state(tid)["status"] == "profiled"
-    assert ScriptSet(engine.core.r).verbs() == engine.core.scripts.verbs()
+    assert ScriptSet(engine.core.r, "stacking").verbs() == engine.core.scripts.verbs()

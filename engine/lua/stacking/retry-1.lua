@@ -5,7 +5,7 @@ else final_failed (which leaves phase 1 and may fire the folder barrier);
 connect_failed -> connect / final_failed by the same rule. Each due entry is
 removed before it is acted on and the status is re-checked, so running this
 twice, or two copies at once, acts once.
-KEYS[1] retry     zset task -> due ms
+KEYS[1] retry     zset task -> due ms (includes/retries.lua)
 ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] batch
 Derived keys: t:, f:, r:, fp:, fr:, fu:/fb:, counters, events.
 Returns {requeued, final_failed, remaining_due}
@@ -15,11 +15,10 @@ local K, NOW, MAXLEN = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local batch = tonumber(ARGV[4])
 -- @include common
 -- @include lifecycle
+-- @include retries
 
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', NOW, 'LIMIT', 0, batch)
 local requeued, final = 0, 0
-for _, tid in ipairs(ids) do
-  redis.call('ZREM', KEYS[1], tid)
+for _, tid in ipairs(take_due_retries(batch)) do
   local t = load_task(tid)
   if t and (t.st == 'profile_failed' or t.st == 'connect_failed') then
     local phase = 2
@@ -37,4 +36,4 @@ for _, tid in ipairs(ids) do
     end
   end
 end
-return {requeued, final, redis.call('ZCOUNT', KEYS[1], '-inf', NOW)}
+return {requeued, final, due_retries_left()}

@@ -48,7 +48,7 @@ local function abort_batch(rid, batch)
       for _, tid in ipairs(ids) do
         local t = load_task(tid)
         if t then  -- normally `register`; an operator may have cancelled it meanwhile
-          count(fid, rid, t.asg, t.st, -1)
+          recount(counter_hashes(t), t.st, nil)
           emit(tid, t.st, '', 'import_abort')
           redis.call('DEL', K .. 't:' .. tid)
         end

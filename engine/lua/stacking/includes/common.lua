@@ -1,10 +1,13 @@
--- common: statuses, the task loader, counters and events. Every status change of
--- every stacking script goes through set_status, so the task hash, the counters
+-- common: stacking statuses, the task loader and this contract's counters. Every
+-- status change of every stacking script goes through set_status, which is the
+-- shared change_status (includes/status.lua), so the task hash, the counters
 -- that mirror it and the event stream can never disagree.
 -- Needs locals K (tagged key prefix, ARGV[1]), NOW (ms, ARGV[2]) and
 -- MAXLEN (event stream cap, ARGV[3]) defined before the include.
 -- Derived keys: t:<task>, fc:<folder>, rc:<request>, fs:<folder>:<server>,
 -- stats, events (all under K, so all under the script's hash tag).
+-- @include events
+-- @include status
 
 local PHASE1 = {pending = true, queued = true, running = true,
                 register = true, registering = true, profile_failed = true}
@@ -18,25 +21,17 @@ local function load_task(tid)
           seq = v[6], rc = tonumber(v[7]) or 0, mr = tonumber(v[8]) or 0}
 end
 
--- Apply `delta` to status `st` in every counter that mirrors task statuses.
-local function count(fid, rid, asg, st, delta)
-  redis.call('HINCRBY', K .. 'fc:' .. fid, st, delta)
-  redis.call('HINCRBY', K .. 'rc:' .. rid, st, delta)
-  redis.call('HINCRBY', K .. 'stats', st, delta)
-  if asg ~= '' then redis.call('HINCRBY', K .. 'fs:' .. fid .. ':' .. asg, st, delta) end
+-- The counter hashes that mirror a task's status: its folder's, its request's,
+-- the global stats and, while assigned, its folder's for that server.
+local function counter_hashes(t)
+  local hs = {K .. 'fc:' .. t.fo, K .. 'rc:' .. t.req, K .. 'stats'}
+  if t.asg ~= '' then hs[4] = K .. 'fs:' .. t.fo .. ':' .. t.asg end
+  return hs
 end
 
-local function emit(tid, old, new, actor)
-  redis.call('XADD', K .. 'events', 'MAXLEN', '~', MAXLEN, '*',
-             'task', tid, 'from', old, 'to', new, 'by', actor, 'at', NOW)
-end
-
--- The one way a task changes status: hash, counters, event.
+-- Every stacking status change: the shared change_status with this contract's counters.
 local function set_status(t, new, actor)
-  redis.call('HSET', K .. 't:' .. t.id, 'st', new, 'ua', NOW)
-  count(t.fo, t.req, t.asg, t.st, -1)
-  count(t.fo, t.req, t.asg, new, 1)
-  emit(t.id, t.st, new, actor)
+  change_status(t.id, t.st, new, actor, counter_hashes(t))
   t.st = new
 end
 

@@ -1,7 +1,10 @@
 -- failure: a running task fails (worker report or lease lapse) and is handed to
--- the retry manager. Needs common. Derived keys: lease:run, retry, t:<task>.
+-- the retry manager. Needs common and the shared retries include.
+-- Derived keys: lease:run, retry, t:<task>.
+-- @include retries
 
--- t.st must be registering or connecting. base/cap: backoff in ms.
+-- t.st must be registering or connecting. base/cap: backoff in ms. Out of
+-- retries, it is due at once, so the retry script marks it final_failed.
 local function fail_task(t, message, actor, base, cap)
   local new = 'connect_failed'
   if t.st == 'registering' then new = 'profile_failed' end
@@ -9,6 +12,6 @@ local function fail_task(t, message, actor, base, cap)
   redis.call('ZREM', K .. 'lease:run', t.id)
   set_status(t, new, actor)
   local due = NOW
-  if t.rc < t.mr then due = NOW + math.min(cap, base * 2 ^ t.rc) end
-  redis.call('ZADD', K .. 'retry', due, t.id)
+  if t.rc < t.mr then due = NOW + backoff(base, cap, t.rc) end
+  schedule_retry(t.id, due)
 end

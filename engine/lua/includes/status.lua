@@ -1,0 +1,20 @@
+-- status: the one way a task of any contract changes status. The task hash's
+-- `st` is the truth; every counter hash that mirrors it moves in the same
+-- script, and one event is written. Needs events, K and NOW.
+-- Derived key: t:<task>; `hashes` are full key names under the same tag.
+-- @include events
+
+-- Move one count from status `old` to `new` in each counter hash (a nil status
+-- is "no task": creation passes old = nil, deletion new = nil).
+local function recount(hashes, old, new)
+  for _, h in ipairs(hashes) do
+    if old then redis.call('HINCRBY', h, old, -1) end
+    if new then redis.call('HINCRBY', h, new, 1) end
+  end
+end
+
+local function change_status(id, old, new, actor, hashes)
+  redis.call('HSET', K .. 't:' .. id, 'st', new, 'ua', NOW)
+  recount(hashes, old, new)
+  emit(id, old, new, actor)
+end
