@@ -13,9 +13,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import Route
 
-from .http import JSON, MAX_BULK_BODY, Forbidden, Unauthorized, read_json
+from .http import JSON, MAX_BULK_BODY, Forbidden, Unauthorized, is_loopback, read_json
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost", "testclient")
 
 
 def _operator(request: Request):
@@ -25,7 +24,7 @@ def _operator(request: Request):
         given = request.headers.get("authorization", "")
         if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
             raise Unauthorized("invalid admin token")
-    elif not request.client or request.client.host not in LOOPBACK:
+    elif not is_loopback(request):
         raise Forbidden("TASKHUB_ADMIN_TOKEN is not set: the admin API only answers loopback clients")
     request.state.caller = "operator"
     return eng

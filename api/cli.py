@@ -3,7 +3,9 @@
 Process commands: ``redis`` (the embedded Redis, foreground), ``web``,
 ``worker``, ``scheduler``. Operator commands talk to the engine directly on
 the same Redis (``REDIS_URL`` or the embedded one): ``server ...``,
-``import FILE.json``, ``request show|cancel``, ``task cancel``, ``folder release``.
+``import FILE.json``, ``request show|cancel``, ``task cancel``, ``folder release``
+(stacking); ``devices create|list|stats`` (device tasks, ``--json`` for
+scripts); ``agent --simulate N`` runs a simulated device agent over HTTP.
 """
 from __future__ import annotations
 
@@ -238,6 +240,50 @@ def cmd_folder(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- device tasks ----------------------------------------------------------------
+def _show(args: argparse.Namespace, data: Any, lines: Iterable[str]) -> None:
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False))
+    else:
+        for line in lines:
+            print(line)
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    devices = _engine().devices
+    if args.action == "create":
+        with open(args.file, "rb") as f:
+            doc = orjson.loads(f.read())
+        bodies = doc if isinstance(doc, list) else [doc]
+        created: list[int] = []
+        for body in bodies:
+            created += devices.create(body, source="ui")["task_ids"]
+        _show(args, {"task_ids": created, "created_count": len(created)},
+              [f"created {len(created)} tasks: {', '.join(map(str, created))}"])
+    elif args.action == "list":
+        page = devices.list(status=args.status, serial=args.serial, script_name=args.script, source=args.source,
+                            page=args.page, page_size=args.page_size)
+        names = ("pending", "running", "completed", "failed")
+        _show(args, page, [f"{t['id']:>8} {names[t['status']]:<9} {t['serial']:<16} {t['username'] or '-':<16} "
+                           f"{t['script_name']:<14} {t['remark']}" for t in page["items"]]
+              + [f"page {page['page']}: {len(page['items'])} of {page['total']}"])
+    elif args.action == "stats":
+        stats = devices.stats()
+        _show(args, stats, [f"{k:<10} {v}" for k, v in stats.items()])
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    """A simulated agent: N phones that run what they claim (workers/agent.py)."""
+    from workers import agent
+
+    from api.app import configure_logging
+
+    configure_logging()
+    return agent.main(args.url, args.token, args.simulate, interval=args.interval, min_s=args.min_seconds,
+                      max_s=args.max_seconds, fail_rate=args.fail_rate, prefix=args.prefix, agent=args.name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="taskhub", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -283,6 +329,35 @@ def build_parser() -> argparse.ArgumentParser:
     folder = sub.add_parser("folder", help="stacking folders")
     folder.add_subparsers(dest="action", required=True).add_parser("release").add_argument("id")
     folder.set_defaults(func=cmd_folder)
+
+    dev = sub.add_parser("devices", help="device tasks: create, list, stats")
+    dsub = dev.add_subparsers(dest="action", required=True)
+    dcreate = dsub.add_parser("create", help="create tasks from a JSON file: one POST /api/v1/task body, or a list")
+    dcreate.add_argument("file")
+    dlist = dsub.add_parser("list", help="one page of tasks, newest first")
+    dlist.add_argument("--status", choices=["0", "1", "2", "3"])
+    dlist.add_argument("--serial")
+    dlist.add_argument("--script")
+    dlist.add_argument("--source", choices=["api", "ui"])
+    dlist.add_argument("--page", default="1")
+    dlist.add_argument("--page-size", default="20")
+    dsub.add_parser("stats", help="task counts by status")
+    for parser in (dcreate, dlist, dsub.choices["stats"]):
+        parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    dev.set_defaults(func=cmd_devices)
+
+    agent = sub.add_parser("agent", help="run a simulated device agent against the device API")
+    agent.add_argument("--simulate", type=int, required=True, metavar="N", help="number of simulated devices")
+    agent.add_argument("--url", default=os.environ.get(
+        "TASKHUB_AGENT_URL", f"http://127.0.0.1:{os.environ.get('TASKHUB_PORT', '8000')}"))
+    agent.add_argument("--token", default=os.environ.get("TASKHUB_DEVICE_TOKEN", ""))
+    agent.add_argument("--prefix", default="sim", help="serials are <prefix>-001 ... (default sim)")
+    agent.add_argument("--name", default="simulator", help="agent name recorded on claims")
+    agent.add_argument("--interval", type=float, default=2.0, help="seconds between heartbeat+claim rounds")
+    agent.add_argument("--min-seconds", type=float, default=2.0)
+    agent.add_argument("--max-seconds", type=float, default=10.0)
+    agent.add_argument("--fail-rate", type=float, default=0.1)
+    agent.set_defaults(func=cmd_agent)
     return p
 
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.errors import EngineError, InvalidInput
+from engine.errors import EngineError, Forbidden, InvalidInput
 
 MAX_BODY = 1024 * 1024  # spec: bodies over 1 MiB -> 413
 MAX_BULK_BODY = 256 * 1024 * 1024  # bulk imports: 100,000 tasks of ~2 KB (documented in the README)
@@ -28,8 +28,12 @@ class Unauthorized(EngineError):
     code = "unauthorized"
 
 
-class Forbidden(EngineError):
-    code = "forbidden"
+LOOPBACK = ("127.0.0.1", "::1", "localhost", "testclient")
+
+
+def is_loopback(request: Request) -> bool:
+    """Whether the client is on this machine (what the API answers when no token is configured)."""
+    return bool(request.client) and request.client.host in LOOPBACK
 
 
 class JSON(Response):

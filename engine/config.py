@@ -45,6 +45,11 @@ class Settings:
     max_request_tasks: int = 100_000
     import_stale_ms: int = 600_000
     admin_token: str = ""
+    device_token: str = ""
+    plan: str = "pro"
+    tz: str = "UTC"
+    max_retry_count: int = 3
+    auto_retry: bool = False
     clock: Clock = field(default=wall_clock_ms)
 
     @classmethod
@@ -62,4 +67,9 @@ class Settings:
             max_request_tasks=_env_int("TASKHUB_MAX_REQUEST_TASKS", 100_000),
             import_stale_ms=_env_seconds_ms("TASKHUB_IMPORT_STALE", 600),
             admin_token=os.environ.get("TASKHUB_ADMIN_TOKEN", ""),
+            device_token=os.environ.get("TASKHUB_DEVICE_TOKEN", ""),
+            plan=os.environ.get("TASKHUB_PLAN", "pro").strip().lower() or "pro",
+            tz=os.environ.get("TASKHUB_TZ", "UTC") or "UTC",
+            max_retry_count=_env_int("TASKHUB_MAX_RETRY_COUNT", 3),
+            auto_retry=os.environ.get("TASKHUB_AUTO_RETRY", "0").strip().lower() in ("1", "true", "yes", "on"),
         )

@@ -6,6 +6,8 @@ status in one exception-handler table (``api/``), never inside route bodies.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 
 class EngineError(Exception):
     """Base class. ``code`` is the machine code shown to clients where a contract has one."""
@@ -54,12 +56,28 @@ class Unavailable(EngineError):
     code = "unavailable"
 
 
-def raise_for(reply: list, what: str = "task") -> list:
-    """Return ``reply`` if it is ``ok``; otherwise raise the matching error."""
+Refusals = dict[str, Callable[[list[str]], EngineError]]
+
+
+class Forbidden(EngineError):
+    """The caller's plan or rights do not allow the operation; nothing was changed."""
+
+    code = "forbidden"
+
+
+def raise_for(reply: list, what: str = "task", refusals: Refusals | None = None) -> list:
+    """Return ``reply`` if it is ``ok``; otherwise raise the matching error.
+
+    ``refusals`` is a contract's own table (code -> error built from the
+    reply's details as text); it is consulted first, so a contract may also
+    word a shared code its own way.
+    """
     code = _text(reply[0]) if reply else "not_found"
     if code == "ok":
         return reply
     detail = _text(reply[1]) if len(reply) > 1 else ""
+    if refusals and code in refusals:
+        raise refusals[code]([_text(v) for v in reply[1:]])
     if code == "not_found":
         raise NotFound(f"{what} not found")
     if code == "bad_state":

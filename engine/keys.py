@@ -117,3 +117,46 @@ class StackingKeys(Keys):
     @property
     def servers_gone(self) -> str:
         return self._k("servers:gone")
+
+
+class DeviceKeys(Keys):
+    """Device tasks: list indexes, per-device queues, devices and their accounts."""
+
+    def __init__(self, namespace: str, shard: int | None = None) -> None:
+        super().__init__(namespace, "devices", shard)
+
+    def index(self, name: str, value: str | int | None = None) -> str:
+        """A list index, score = task id: ``all``, ``st`` (status), ``se`` (serial), ``sc`` (script), ``src``."""
+        return self._k("ix:all" if name == "all" else f"ix:{name}:{value}")
+
+    @property
+    def scratch(self) -> str:
+        return self._k("ix:scratch")
+
+    def queue(self, serial: str) -> str:
+        return self._k(f"q:{serial}")
+
+    def scheduled(self, serial: str) -> str:
+        return self._k(f"sched:{serial}")
+
+    def stops(self, serial: str) -> str:
+        return self._k(f"stops:{serial}")
+
+    def accounts(self, serial: str) -> str:
+        return self._k(f"acc:{serial}")
+
+    @property
+    def running(self) -> str:
+        return self._k("running")
+
+    @property
+    def active(self) -> str:
+        return self._k("active")
+
+    @property
+    def devices(self) -> str:
+        return self._k("devices")
+
+    @property
+    def users(self) -> str:
+        return self._k("users")

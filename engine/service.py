@@ -8,7 +8,8 @@ import redis
 from .config import Settings
 from .connection import connect
 from .core import Core
-from .keys import StackingKeys
+from .devices import Devices
+from .keys import DeviceKeys, StackingKeys
 from .servers import Servers
 from .stacking import Stacking
 
@@ -19,6 +20,7 @@ class Engine:
         self.core = Core(client, settings, StackingKeys(settings.namespace))
         self.servers = Servers(self.core)
         self.stacking = Stacking(self.core)
+        self.devices = Devices(Core(client, settings, DeviceKeys(settings.namespace)))
 
     @classmethod
     def from_env(cls) -> "Engine":

@@ -86,3 +86,16 @@ def recover_imports(eng: Engine | None = None) -> dict:
     stale = e.core.settings.import_stale_ms
     return _logged("recover_imports", lambda: _until_done(
         lambda: e.stacking.recover_imports(stale), lambda r: r["aborted"] + r["published"] > 0))
+
+
+def sweep_device_leases(eng: Engine | None = None) -> dict:
+    """Fail device tasks whose agent stopped heartbeating ("agent lost")."""
+    e = eng or engine()
+    batch = e.core.settings.sweep_batch
+    return _logged("sweep_device_leases", lambda: _until_done(e.devices.sweep, lambda r: r["runs_failed"] >= batch))
+
+
+def run_device_retries(eng: Engine | None = None) -> dict:
+    """Device auto-retry (TASKHUB_AUTO_RETRY=1): due failures back to pending, each once."""
+    e = eng or engine()
+    return _logged("run_device_retries", lambda: _until_done(e.devices.run_retries, lambda r: r["due_left"] > 0))

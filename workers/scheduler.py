@@ -3,7 +3,8 @@
 The scheduler only enqueues; ``taskhub worker`` runs the jobs. Intervals are
 ``TASKHUB_SWEEP_INTERVAL`` and ``TASKHUB_RETRY_INTERVAL`` (seconds, default 5):
 short, because each run is a few bounded script calls and does nothing when
-nothing is due. Folder reassignment runs every ``TASKHUB_REASSIGN_INTERVAL`` (default 60 s;
+nothing is due (stacking's sweep and retries, and the device contract's).
+Folder reassignment runs every ``TASKHUB_REASSIGN_INTERVAL`` (default 60 s;
 its threshold, ``TASKHUB_REASSIGN_AFTER``, is an hour by default), and so does
 the recovery of abandoned imports (threshold ``TASKHUB_IMPORT_STALE``, 600 s).
 """
@@ -24,6 +25,8 @@ def build(connection: redis.Redis) -> CronScheduler:
     retry_every = int(os.environ.get("TASKHUB_RETRY_INTERVAL", "5"))
     scheduler.register(jobs.sweep_leases, jobs.QUEUE, interval=sweep_every, job_timeout=120, result_ttl=60)
     scheduler.register(jobs.run_retries, jobs.QUEUE, interval=retry_every, job_timeout=120, result_ttl=60)
+    scheduler.register(jobs.sweep_device_leases, jobs.QUEUE, interval=sweep_every, job_timeout=120, result_ttl=60)
+    scheduler.register(jobs.run_device_retries, jobs.QUEUE, interval=retry_every, job_timeout=120, result_ttl=60)
     reassign_every = int(os.environ.get("TASKHUB_REASSIGN_INTERVAL", "60"))
     scheduler.register(jobs.reassign_folders, jobs.QUEUE, interval=reassign_every, job_timeout=120, result_ttl=60)
     scheduler.register(jobs.recover_imports, jobs.QUEUE, interval=reassign_every, job_timeout=120, result_ttl=60)

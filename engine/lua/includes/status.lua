@@ -13,8 +13,9 @@ local function recount(hashes, old, new)
   end
 end
 
+-- old = nil: the task is new (its hash is created here with `st`).
 local function change_status(id, old, new, actor, hashes)
   redis.call('HSET', K .. 't:' .. id, 'st', new, 'ua', NOW)
   recount(hashes, old, new)
-  emit(id, old, new, actor)
+  emit(id, old or '', new or '', actor)
 end

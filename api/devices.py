@@ -1,0 +1,170 @@
+"""The device task API (device-tasks.md, seed 001) and its agent side: routes and envelope.
+
+Envelope: ``{"code": <int>, "message": <string>, "data": <any>}``; success is
+code 0 / "success". Each engine error maps to a business code and an HTTP
+status in ``CODES`` (the spec's pairing), never inside a route body.
+
+Auth (decided by the spec): with ``TASKHUB_DEVICE_TOKEN`` set every call needs
+``Authorization: Bearer <token>`` (else 401 / 40101); unset, only loopback
+clients are answered (403 / 40301 with a message saying why). The plan check
+(``starter`` -> 40301) comes next, then the body. Every handler: check, parse,
+one engine ``Call`` awaited through the process's batcher, render.
+"""
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.routing import Route
+
+from engine.device_scripts import MissingScriptName, NoAccount, ScriptNotAllowed
+from engine.devices import Devices, PlanRefused
+from engine.errors import Conflict, EngineError, Forbidden, InvalidInput, NotFound, Unavailable
+
+from .http import JSON, PayloadTooLarge, Unauthorized, is_loopback, read_json
+
+PREFIXES = ("/api/v1/task", "/api/v1/license/", "/api/v1/agent/")
+# Most specific first: an error is an instance of its class and of its bases.
+CODES: tuple[tuple[type, int, int], ...] = (
+    (MissingScriptName, 40002, 400), (ScriptNotAllowed, 40003, 400), (NoAccount, 40004, 400),
+    (InvalidInput, 40001, 400), (PayloadTooLarge, 40001, 413), (Unauthorized, 40101, 401),
+    (PlanRefused, 40301, 403), (Forbidden, 40301, 403), (NotFound, 40401, 404), (Conflict, 40901, 409),
+    (Unavailable, 50301, 503),
+)
+
+
+def error_response(exc: EngineError) -> JSON:
+    code, status = next(((c, s) for cls, c, s in CODES if isinstance(exc, cls)), (50001, 500))
+    return JSON({"code": code, "message": exc.message, "data": None}, status_code=status)
+
+
+def ok(data: Any) -> JSON:
+    return JSON({"code": 0, "message": "success", "data": data})
+
+
+def _devices(request: Request) -> Devices:
+    """Authenticate, then check the plan; returns the engine's device contract."""
+    devices: Devices = request.app.state.engine.devices
+    token = devices.s.device_token
+    if token:
+        given = request.headers.get("authorization", "")
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
+            raise Unauthorized("missing or invalid bearer token (Authorization: Bearer <TASKHUB_DEVICE_TOKEN>)")
+    elif not is_loopback(request):
+        raise Forbidden("TASKHUB_DEVICE_TOKEN is not set: the device API only answers loopback clients")
+    devices.require_api()
+    request.state.caller = "device-api"
+    return devices
+
+
+async def _run(request: Request, call: Any) -> Any:
+    return await request.app.state.device_batch.run(call)
+
+
+# ---- tasks -------------------------------------------------------------------
+async def create_task(request: Request) -> JSON:
+    devices = _devices(request)
+    body = await read_json(request, required=False)
+    return ok(await _run(request, devices.create_call(body, "api")))
+
+
+async def list_tasks(request: Request) -> JSON:
+    devices = _devices(request)
+    return ok(await _run(request, devices.list_call(dict(request.query_params))))
+
+
+async def stats(request: Request) -> JSON:
+    devices = _devices(request)
+    return ok(await _run(request, devices.stats_call()))
+
+
+async def get_task(request: Request) -> JSON:
+    devices = _devices(request)
+    return ok(await _run(request, devices.get_call(request.path_params["task_id"])))
+
+
+async def delete_task(request: Request) -> JSON:
+    devices = _devices(request)
+    result = await _run(request, devices.delete_call([request.path_params["task_id"]]))
+    if result["not_found"]:
+        raise NotFound("task not found")
+    return ok({"deleted": result["deleted"]})
+
+
+async def delete_batch(request: Request) -> JSON:
+    devices = _devices(request)
+    body = await read_json(request)
+    return ok(await _run(request, devices.delete_call(body.get("task_ids"))))
+
+
+async def stop_task(request: Request) -> JSON:
+    devices = _devices(request)
+    tid = request.path_params["task_id"]
+    await _run(request, devices.stop_call(tid))
+    return ok({"task_id": int(tid), "status": 3})
+
+
+async def retry_task(request: Request) -> JSON:
+    devices = _devices(request)
+    tid = request.path_params["task_id"]
+    await _run(request, devices.retry_call(tid))
+    return ok({"task_id": int(tid), "status": 0})
+
+
+async def retry_all(request: Request) -> JSON:
+    devices = _devices(request)
+    return ok(await run_in_threadpool(devices.retry_all))
+
+
+async def license_check(request: Request) -> JSON:
+    devices = _devices(request)
+    return ok(devices.license())
+
+
+# ---- agent side ----------------------------------------------------------------
+async def agent_heartbeat(request: Request) -> JSON:
+    devices = _devices(request)
+    body = await read_json(request)
+    return ok(await _run(request, devices.heartbeat_call(body)))
+
+
+async def agent_claim(request: Request) -> JSON:
+    devices = _devices(request)
+    body = await read_json(request)
+    return ok(await _run(request, devices.claim_call(body)))
+
+
+async def agent_complete(request: Request) -> JSON:
+    devices = _devices(request)
+    body = await read_json(request, required=False)
+    tid = request.path_params["task_id"]
+    await _run(request, devices.finish_call(tid, body, ok=True))
+    return ok({"task_id": int(tid), "status": 2})
+
+
+async def agent_fail(request: Request) -> JSON:
+    devices = _devices(request)
+    body = await read_json(request, required=False)
+    tid = request.path_params["task_id"]
+    await _run(request, devices.finish_call(tid, body, ok=False))
+    return ok({"task_id": int(tid), "status": 3})
+
+
+routes = [
+    Route("/api/v1/task", create_task, methods=["POST"]),
+    Route("/api/v1/task", list_tasks, methods=["GET"]),
+    Route("/api/v1/task/stats", stats, methods=["GET"]),
+    Route("/api/v1/task/batch", delete_batch, methods=["DELETE"]),
+    Route("/api/v1/task/retry-all", retry_all, methods=["POST"]),
+    Route("/api/v1/task/{task_id}", get_task, methods=["GET"]),
+    Route("/api/v1/task/{task_id}", delete_task, methods=["DELETE"]),
+    Route("/api/v1/task/{task_id}/stop", stop_task, methods=["POST"]),
+    Route("/api/v1/task/{task_id}/retry", retry_task, methods=["POST"]),
+    Route("/api/v1/license/check", license_check, methods=["GET"]),
+    Route("/api/v1/agent/heartbeat", agent_heartbeat, methods=["POST"]),
+    Route("/api/v1/agent/claim", agent_claim, methods=["POST"]),
+    Route("/api/v1/agent/task/{task_id}/complete", agent_complete, methods=["POST"]),
+    Route("/api/v1/agent/task/{task_id}/fail", agent_fail, methods=["POST"]),
+]
