@@ -61,3 +61,28 @@ def test_connect_uses_redis_url_and_never_resends_commands(env, real_redis_socke
     assert kwargs["path"] == real_redis_socket  # REDIS_URL, not the embedded server
     assert kwargs["retry"].get_retries() == 0 and kwargs["socket_timeout"] is None
     assert client.ping()
+
+
+def test_devices_create_list_stats_with_json_output(env, tmp_path, capsys):
+    path = tmp_path / "tasks.json"
+    path.write_text(json.dumps([
+        {"serials": ["p1", "p2"], "script_name": "post", "script_config": {"captions": "hi"}},
+        {"serials": ["p1"], "script_name": "follow", "script_config": {"target_users": "amy,bo"}},
+    ]))
+    capsys.readouterr()
+    assert main(["devices", "create", str(path), "--json"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert created["created_count"] == 4 and len(created["task_ids"]) == 4
+    assert main(["devices", "list", "--serial", "p1", "--json"]) == 0
+    page = json.loads(capsys.readouterr().out)
+    assert page["total"] == 3 and {t["source"] for t in page["items"]} == {"ui"}
+    assert main(["devices", "stats", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"total": 4, "pending": 4, "running": 0, "completed": 0,
+                                                   "failed": 0}
+    assert main(["devices", "list", "--script", "follow"]) == 0
+    text = capsys.readouterr().out
+    assert "follow" in text and "page 1: 2 of 2" in text
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"serials": ["p1"], "script_config": {}}))
+    assert main(["devices", "create", str(bad)]) == 2
+    assert "script_name" in capsys.readouterr().err

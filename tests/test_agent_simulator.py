@@ -1,0 +1,71 @@
+"""The simulated agent (workers/agent.py) against the real app, through an in-process HTTP client."""
+from __future__ import annotations
+
+import random
+
+import pytest
+from starlette.testclient import TestClient
+
+from api.app import create_app
+from workers.agent import ApiError, Simulator
+
+
+class InProcess:
+    """``AgentClient.call`` over Starlette's TestClient: same requests, same envelope handling."""
+
+    def __init__(self, engine) -> None:
+        self.http = TestClient(create_app(engine, access_log=False))
+
+    def call(self, method: str, path: str, body=None):
+        resp = self.http.request(method, path, json=body)
+        data = resp.json()
+        if resp.status_code != 200 or data.get("code") != 0:
+            raise ApiError(resp.status_code, data)
+        return data["data"]
+
+
+def simulator(engine, **kw) -> Simulator:
+    return Simulator(InProcess(engine), 3, interval=0, min_s=0, max_s=0, rng=random.Random(1), **kw)
+
+
+def test_simulated_agent_runs_every_task_to_an_end(engine):
+    engine.devices.create({"serials": ["sim-001", "sim-002", "sim-003"], "script_name": "post",
+                           "script_config": {}})
+    engine.devices.create({"serials": ["sim-001"], "script_name": "follow", "script_config": {"target_user": "a"}})
+    sim = simulator(engine, fail_rate=0.0)
+    for _ in range(6):
+        sim.finish_due()
+        sim.beat()
+        sim.claim()
+    assert engine.devices.stats()["completed"] == 4
+    assert sim.done["completed"] == 4
+    # its heartbeat bound the simulated accounts: usernames mode now resolves them
+    got = engine.devices.create({"usernames": ["@sim-002-a1"], "script_name": "post", "script_config": {}})
+    assert engine.devices.get(got["task_ids"][0])["serial"] == "sim-002"
+
+
+def test_a_restarted_agent_adopts_its_running_tasks_and_honours_stops(engine):
+    ids = engine.devices.create({"serials": ["sim-001", "sim-002"], "script_name": "post",
+                                 "script_config": {}})["task_ids"]
+    first = simulator(engine)
+    first.beat()
+    first.claim()  # both running; then this agent "dies"
+    engine.devices.stop(ids[1])
+    second = simulator(engine, fail_rate=0.0)
+    second.beat()  # adopts ids[0]; ids[1] is stopped, so not adopted
+    assert second.fleet["sim-001"].task == ids[0] and second.fleet["sim-002"].task is None
+    second.finish_due()
+    assert [engine.devices.get(i)["status"] for i in ids] == [2, 3]
+    events = engine.core.r.xrange(engine.devices.k.events)
+    starts = [e[b"task"] for _, e in events if e[b"to"] == b"1"]
+    assert sorted(starts) == sorted(str(i).encode() for i in ids)  # each claimed once, never re-run
+
+
+@pytest.mark.parametrize("fail_rate,status", [(1.0, 3)])
+def test_failures_are_reported(engine, fail_rate, status):
+    [tid] = engine.devices.create({"serials": ["sim-001"], "script_name": "post", "script_config": {}})["task_ids"]
+    sim = simulator(engine, fail_rate=fail_rate)
+    sim.beat()
+    sim.claim()
+    sim.finish_due()
+    assert engine.devices.get(tid)["status"] == status and engine.devices.get(tid)["remark"] == "simulated failure"
