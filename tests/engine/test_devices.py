@@ -211,6 +211,15 @@ def test_stop_running_task_fails_it_and_reaches_the_agent_on_its_next_heartbeat(
         engine.devices.stop(tid)
 
 
+def test_a_retried_task_is_not_stopped_by_the_signal_of_its_previous_run(engine):
+    [tid] = engine.devices.create(post(["s1"]))["task_ids"]
+    claim(engine, "s1")
+    engine.devices.stop(tid)
+    engine.devices.retry(tid)
+    assert [t["id"] for t in claim(engine, "s1")] == [tid]
+    assert engine.devices.heartbeat({"serials": ["s1"]}) == {"stop": [], "running": {"s1": tid}}
+
+
 def test_stop_pending_task_takes_it_out_of_the_queue(engine):
     [tid] = engine.devices.create(post(["s1"]))["task_ids"]
     engine.devices.stop(tid)

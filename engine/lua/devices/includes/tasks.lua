@@ -72,8 +72,11 @@ local function finish(t, new, remark, actor, retry_in)
 end
 
 -- failed -> pending, due now (manual retry, retry-all, the auto-retry job).
+-- A stop signal still pending for the task goes: it was about the old run, and
+-- would otherwise stop the new one.
 local function requeue(t, actor)
   redis.call('HSET', K .. 't:' .. t.id, 'rc', t.rc + 1, 'stop', '0', 'rm', '', 'sa', '', 'fa', '')
+  redis.call('ZREM', K .. 'stops:' .. t.se, t.id)
   unschedule_retry(t.id)
   set_status(t, '0', actor)
   redis.call('ZADD', K .. 'q:' .. t.se, t.id, t.id)
