@@ -351,3 +351,85 @@ def test_kill_9_of_redis_while_workers_pull_keeps_the_system_up(tmp_path):
     assert set(statuses) <= {200, 503}, [entry for entry in seen if entry[0] not in (200, 503)][:5]
     assert statuses[503] >= 1 and all(e[1] == UNAVAILABLE and e[2] == "1" for e in seen if e[0] == 503)
     assert outage_seen < len(seen) and statuses[200] > 2
+
+
+def _agent(env: dict, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "taskhub"), "agent", *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_readme_device_walk_through_runs_as_written(tmp_path):
+    """The README's device `bash` blocks, run against the Procfile plus the simulated agent of
+    Procfile.demo (started here as its own process; honcho's line is the first block)."""
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert blocks[0].strip().startswith("honcho start -f Procfile.demo")
+    demo = (REPO / "Procfile.demo").read_text()
+    agent_args = re.search(r"^agent: taskhub agent (.*)$", demo, re.M).group(1).split()
+    with running_system(tmp_path) as (env, port, *_):
+        agent = _agent(env, *agent_args)
+        try:
+            script = "set -eo pipefail\n" + "\n".join(blocks[1:]).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+            out = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                 timeout=60)
+        finally:
+            _stop(agent)
+    assert out.returncode == 0, out.stderr
+    lines, text, decoder = [], out.stdout.strip(), json.JSONDecoder()
+    while text:  # curl prints the bodies back to back, without newlines
+        doc, end = decoder.raw_decode(text)
+        lines.append(doc)
+        text = text[end:].lstrip()
+    assert lines[0] == {"code": 0, "message": "success", "data": {"task_ids": [1, 2], "created_count": 2}}
+    assert lines[1]["data"] == {"task_ids": [3, 4], "created_count": 2}
+    listing = lines[2]["data"]
+    assert listing["total"] == 3 and [t["id"] for t in listing["items"]] == [4, 3, 2]
+    assert listing["items"][0]["start_time"] and listing["items"][0]["status"] == 0  # scheduled: not yet run
+    assert lines[3]["data"]["total"] == 4
+    assert lines[4]["data"] == {"task_id": 1, "status": 3} and lines[5]["data"] == {"task_id": 1, "status": 0}
+    assert lines[6]["code"] == 40901
+    assert lines[8]["data"]["plan_name"] == "pro"
+
+
+def test_simulated_agent_killed_and_restarted_runs_1000_tasks_over_50_devices_once(tmp_path):
+    with running_system(tmp_path, TASKHUB_PLAN="business") as (env, port, *_):
+        serials = [f"sim-{i:03d}" for i in range(1, 51)]
+        bodies = [{"serials": serials, "script_name": "post", "script_config": {"captions": f"round {n}"}}
+                  for n in range(20)]
+        (tmp_path / "tasks.json").write_text(json.dumps(bodies))
+        subprocess.run([str(BIN / "taskhub"), "devices", "create", str(tmp_path / "tasks.json")], env=env,
+                       check=True, capture_output=True)
+        args = ("--simulate", "50", "--min-seconds", "0.01", "--max-seconds", "0.3", "--interval", "0.2",
+                "--fail-rate", "0", "--url", f"http://127.0.0.1:{port}")
+        r = redis.Redis(unix_socket_path=str(tmp_path / "var" / "redis.sock"))
+        stats_key = "taskhub:{devices}:stats"
+        agents = [_agent(env, *args)]
+        try:
+            deadline = time.monotonic() + 60
+            while int(r.hget(stats_key, "2") or 0) < 300 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            agents[0].send_signal(signal.SIGKILL)  # mid-run: some of its tasks are running
+            agents[0].wait()
+            running_at_kill = r.hlen("taskhub:{devices}:running")
+            agents.append(_agent(env, *args))
+            deadline = time.monotonic() + 120
+            while int(r.hget(stats_key, "2") or 0) < 1000 and time.monotonic() < deadline:
+                time.sleep(0.2)
+        finally:
+            for agent in agents:
+                _stop(agent)
+        assert {k.decode(): int(v) for k, v in r.hgetall(stats_key).items() if int(v)} == {"2": 1000}
+        assert running_at_kill > 0  # the kill did interrupt work, which the new agent adopted
+        starts, ends = Counter(), Counter()
+        for _, f in r.xrange("taskhub:{devices}:events"):
+            if f[b"to"] == b"1":
+                starts[f[b"task"]] += 1
+            elif f[b"from"] == b"1":
+                ends[f[b"task"]] += 1
+        assert len(starts) == 1000 and set(starts.values()) == {1}  # none run twice
+        assert len(ends) == 1000 and set(ends.values()) == {1}
