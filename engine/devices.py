@@ -39,6 +39,7 @@ Decisions the spec leaves open, written down here:
 from __future__ import annotations
 
 import random
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -342,18 +343,23 @@ class Devices:
     def render(self, r: list) -> dict:
         """A record from a script or HMGET reply: ``[id, *FIELDS]`` (bytes)."""
         tid, st, se, us, sc, cfg, src, ma, due, sa, fa, rm, rc, ca = r
-        tz = self.tz
         return {
             "id": int(tid), "serial": se.decode(), "username": us.decode() or None, "script_name": sc.decode(),
             "script_config": orjson.loads(cfg), "status": int(st), "source": src.decode(),
-            "enable_multi_account": ma == b"1", "start_time": format_time(_ms(due), tz),
-            "started_at": format_time(_ms(sa), tz), "finished_at": format_time(_ms(fa), tz),
-            "remark": (rm or b"").decode(), "retry_count": int(rc or 0), "created_at": format_time(_ms(ca), tz),
+            "enable_multi_account": ma == b"1", "start_time": self._time(due), "started_at": self._time(sa),
+            "finished_at": self._time(fa), "remark": (rm or b"").decode(), "retry_count": int(rc or 0),
+            "created_at": self._time(ca),
         }
 
+    def _time(self, ms: bytes | int | None) -> str | None:
+        """A stored ms time as "YYYY-MM-DD HH:MM:SS" in TASKHUB_TZ (whole seconds, cached: the
+        tasks of one claim or page share a handful of seconds, and zoneinfo conversion is slow)."""
+        return _format_second(int(ms) // 1000, self.s.tz) if ms else None
 
-def _ms(v: bytes | None) -> int | None:
-    return int(v) if v else None
+
+@lru_cache(maxsize=4096)
+def _format_second(second: int, tz: str) -> str | None:
+    return format_time(second * 1000, ZoneInfo(tz))
 
 
 def _task_id(value: Any, field: str = "task_id") -> int:

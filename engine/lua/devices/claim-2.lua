@@ -33,12 +33,15 @@ for i = 10, #ARGV do
     end
     local top = redis.call('ZPOPMIN', K .. 'q:' .. se)
     if top[1] then
-      local t = load_task(top[1])
+      -- One read serves both the decision and the reply: a queued task is pending
+      -- and not stopped (requeue clears the flag), so its record holds all we need.
+      local r = record(top[1])
+      local t = {id = r[1], st = r[2], se = se}
       redis.call('HSET', KEYS[1], se, t.id)
-      redis.call('HSET', K .. 't:' .. t.id, 'sa', NOW, 'ag', agent)
-      set_status(t, '1', agent)
+      set_status(t, '1', agent, {'sa', NOW, 'ag', agent})
       redis.call('ZADD', KEYS[2], NOW + run_ttl, t.id)
-      out[#out + 1] = record(t.id)
+      r[2], r[10] = '1', NOW
+      out[#out + 1] = r
     end
   end
 end

@@ -13,9 +13,14 @@ local function recount(hashes, old, new)
   end
 end
 
--- old = nil: the task is new (its hash is created here with `st`).
-local function change_status(id, old, new, actor, hashes)
-  redis.call('HSET', K .. 't:' .. id, 'st', new, 'ua', NOW)
+-- old = nil: the task is new (its hash is created here with `st`). `extra`
+-- (optional): more field/value pairs of the task hash, written in the same HSET.
+local function change_status(id, old, new, actor, hashes, extra)
+  if extra then
+    redis.call('HSET', K .. 't:' .. id, 'st', new, 'ua', NOW, unpack(extra))
+  else
+    redis.call('HSET', K .. 't:' .. id, 'st', new, 'ua', NOW)
+  end
   recount(hashes, old, new)
   emit(id, old or '', new or '', actor)
 end

@@ -28,9 +28,10 @@ local function load_task(id)
   return {id = id, st = v[1], se = v[2], rc = tonumber(v[3]) or 0, stop = v[4] == '1', sc = v[5], src = v[6]}
 end
 
--- Every status change: the shared change_status, then the status index.
-local function set_status(t, new, actor)
-  change_status(t.id, t.st, new, actor, {K .. 'stats'})
+-- Every status change: the shared change_status (with `extra` task fields in
+-- the same write), then the status index.
+local function set_status(t, new, actor, extra)
+  change_status(t.id, t.st, new, actor, {K .. 'stats'}, extra)
   redis.call('ZREM', K .. 'ix:st:' .. t.st, t.id)
   redis.call('ZADD', K .. 'ix:st:' .. new, t.id, t.id)
   t.st = new
