@@ -7,25 +7,19 @@ Same envelope as the stacking contract.
 """
 from __future__ import annotations
 
-import hmac
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import Route
 
-from .http import JSON, MAX_BULK_BODY, Forbidden, Unauthorized, is_loopback, read_json
+from .http import JSON, MAX_BULK_BODY, read_json, require_bearer
 
 
 
 def _operator(request: Request):
     eng = request.app.state.engine
-    token = eng.core.settings.admin_token
-    if token:
-        given = request.headers.get("authorization", "")
-        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
-            raise Unauthorized("invalid admin token")
-    elif not is_loopback(request):
-        raise Forbidden("TASKHUB_ADMIN_TOKEN is not set: the admin API only answers loopback clients")
+    require_bearer(request, eng.core.settings.admin_token, "TASKHUB_ADMIN_TOKEN", "the admin API",
+                   "invalid admin token")
     request.state.caller = "operator"
     return eng
 

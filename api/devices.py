@@ -12,7 +12,6 @@ one engine ``Call`` awaited through the process's batcher, render.
 """
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +22,7 @@ from engine.device_scripts import MissingScriptName, NoAccount, ScriptNotAllowed
 from engine.devices import Devices, PlanRefused
 from engine.errors import Conflict, EngineError, Forbidden, InvalidInput, NotFound, Unavailable
 
-from .http import JSON, PayloadTooLarge, Unauthorized, is_loopback, read_json
+from .http import JSON, PayloadTooLarge, Unauthorized, read_json, require_bearer
 
 PREFIXES = ("/api/v1/task", "/api/v1/license/", "/api/v1/agent/")
 # Most specific first: an error is an instance of its class and of its bases.
@@ -47,13 +46,8 @@ def ok(data: Any) -> JSON:
 def _devices(request: Request) -> Devices:
     """Authenticate, then check the plan; returns the engine's device contract."""
     devices: Devices = request.app.state.engine.devices
-    token = devices.s.device_token
-    if token:
-        given = request.headers.get("authorization", "")
-        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
-            raise Unauthorized("missing or invalid bearer token (Authorization: Bearer <TASKHUB_DEVICE_TOKEN>)")
-    elif not is_loopback(request):
-        raise Forbidden("TASKHUB_DEVICE_TOKEN is not set: the device API only answers loopback clients")
+    require_bearer(request, devices.s.device_token, "TASKHUB_DEVICE_TOKEN", "the device API",
+                   "missing or invalid bearer token (Authorization: Bearer <TASKHUB_DEVICE_TOKEN>)")
     devices.require_api()
     request.state.caller = "device-api"
     return devices
@@ -136,20 +130,17 @@ async def agent_claim(request: Request) -> JSON:
     return ok(await _run(request, devices.claim_call(body)))
 
 
-async def agent_complete(request: Request) -> JSON:
-    devices = _devices(request)
-    body = await read_json(request, required=False)
-    tid = request.path_params["task_id"]
-    await _run(request, devices.finish_call(tid, body, ok=True))
-    return ok({"task_id": int(tid), "status": 2})
+def _agent_finish(ok_: bool, status: int):
+    """complete (ok_) or fail: the same handler but for the outcome."""
 
+    async def handler(request: Request) -> JSON:
+        devices = _devices(request)
+        body = await read_json(request, required=False)
+        tid = request.path_params["task_id"]
+        await _run(request, devices.finish_call(tid, body, ok=ok_))
+        return ok({"task_id": int(tid), "status": status})
 
-async def agent_fail(request: Request) -> JSON:
-    devices = _devices(request)
-    body = await read_json(request, required=False)
-    tid = request.path_params["task_id"]
-    await _run(request, devices.finish_call(tid, body, ok=False))
-    return ok({"task_id": int(tid), "status": 3})
+    return handler
 
 
 routes = [
@@ -165,6 +156,6 @@ routes = [
     Route("/api/v1/license/check", license_check, methods=["GET"]),
     Route("/api/v1/agent/heartbeat", agent_heartbeat, methods=["POST"]),
     Route("/api/v1/agent/claim", agent_claim, methods=["POST"]),
-    Route("/api/v1/agent/task/{task_id}/complete", agent_complete, methods=["POST"]),
-    Route("/api/v1/agent/task/{task_id}/fail", agent_fail, methods=["POST"]),
+    Route("/api/v1/agent/task/{task_id}/complete", _agent_finish(True, 2), methods=["POST"]),
+    Route("/api/v1/agent/task/{task_id}/fail", _agent_finish(False, 3), methods=["POST"]),
 ]

@@ -5,6 +5,7 @@ microseconds per request, which matters for the single start/complete path.
 """
 from __future__ import annotations
 
+import hmac
 import os
 import time
 from typing import Any, Awaitable, Callable
@@ -34,6 +35,18 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost", "testclient")
 def is_loopback(request: Request) -> bool:
     """Whether the client is on this machine (what the API answers when no token is configured)."""
     return bool(request.client) and request.client.host in LOOPBACK
+
+
+def require_bearer(request: Request, token: str, setting: str, what: str, refused: str) -> None:
+    """The operator-style auth every token-guarded API shares: with ``token`` set,
+    ``Authorization: Bearer <token>`` (compared in constant time) or Unauthorized(``refused``);
+    unset, loopback clients only (Forbidden naming ``setting``)."""
+    if token:
+        given = request.headers.get("authorization", "")
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
+            raise Unauthorized(refused)
+    elif not is_loopback(request):
+        raise Forbidden(f"{setting} is not set: {what} only answers loopback clients")
 
 
 class JSON(Response):
