@@ -171,3 +171,26 @@ def test_auth_is_checked_before_the_body(engine):
     engine.devices.s.device_token = "s3cret"
     client = TestClient(create_app(engine, access_log=False))
     refused(engine, lambda: client.post(TASK, content=b"{broken"), 401, 40101)
+
+
+def test_50001_internal_error_is_in_the_envelope(engine, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(engine.devices, "stats_call", broken)
+    client = TestClient(create_app(engine, access_log=False), raise_server_exceptions=False)
+    resp = client.get(f"{TASK}/stats")
+    assert resp.status_code == 500
+    assert resp.json() == {"code": 50001, "message": "internal error", "data": None}
+
+
+def test_50301_when_redis_is_unreachable(engine, monkeypatch):
+    import redis
+
+    def away(*args, **kwargs):
+        raise redis.ConnectionError("gone")
+
+    monkeypatch.setattr(engine.devices, "stats_call", away)
+    resp = TestClient(create_app(engine, access_log=False)).get(f"{TASK}/stats")
+    assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
+    assert resp.json()["code"] == 50301 and resp.json()["data"] is None
