@@ -81,10 +81,7 @@ async def get_task(request: Request) -> JSON:
 
 async def delete_task(request: Request) -> JSON:
     devices = _devices(request)
-    result = await _run(request, devices.delete_call([request.path_params["task_id"]]))
-    if result["not_found"]:
-        raise NotFound("task not found")
-    return ok({"deleted": result["deleted"]})
+    return ok(await _run(request, devices.delete_one_call(request.path_params["task_id"])))
 
 
 async def delete_batch(request: Request) -> JSON:
@@ -95,16 +92,12 @@ async def delete_batch(request: Request) -> JSON:
 
 async def stop_task(request: Request) -> JSON:
     devices = _devices(request)
-    tid = request.path_params["task_id"]
-    await _run(request, devices.stop_call(tid))
-    return ok({"task_id": int(tid), "status": 3})
+    return ok(await _run(request, devices.stop_call(request.path_params["task_id"])))
 
 
 async def retry_task(request: Request) -> JSON:
     devices = _devices(request)
-    tid = request.path_params["task_id"]
-    await _run(request, devices.retry_call(tid))
-    return ok({"task_id": int(tid), "status": 0})
+    return ok(await _run(request, devices.retry_call(request.path_params["task_id"])))
 
 
 async def retry_all(request: Request) -> JSON:
@@ -130,15 +123,13 @@ async def agent_claim(request: Request) -> JSON:
     return ok(await _run(request, devices.claim_call(body)))
 
 
-def _agent_finish(ok_: bool, status: int):
+def _agent_finish(ok_: bool):
     """complete (ok_) or fail: the same handler but for the outcome."""
 
     async def handler(request: Request) -> JSON:
         devices = _devices(request)
         body = await read_json(request, required=False)
-        tid = request.path_params["task_id"]
-        await _run(request, devices.finish_call(tid, body, ok=ok_))
-        return ok({"task_id": int(tid), "status": status})
+        return ok(await _run(request, devices.finish_call(request.path_params["task_id"], body, ok=ok_)))
 
     return handler
 
@@ -156,6 +147,6 @@ routes = [
     Route("/api/v1/license/check", license_check, methods=["GET"]),
     Route("/api/v1/agent/heartbeat", agent_heartbeat, methods=["POST"]),
     Route("/api/v1/agent/claim", agent_claim, methods=["POST"]),
-    Route("/api/v1/agent/task/{task_id}/complete", _agent_finish(True, 2), methods=["POST"]),
-    Route("/api/v1/agent/task/{task_id}/fail", _agent_finish(False, 3), methods=["POST"]),
+    Route("/api/v1/agent/task/{task_id}/complete", _agent_finish(True), methods=["POST"]),
+    Route("/api/v1/agent/task/{task_id}/fail", _agent_finish(False), methods=["POST"]),
 ]

@@ -182,7 +182,9 @@ def _encode(config: dict) -> bytes:
 
 
 # ---- identities ------------------------------------------------------------
-def _identities(field: str, value: Any) -> list[str]:
+def identities(field: str, value: Any) -> list[str]:
+    """A non-empty list of serials or usernames (a leading '@' dropped from usernames), stripped,
+    de-duplicated in order; InvalidInput naming the field otherwise. Also used for the agent side."""
     if not isinstance(value, list) or not value:
         raise InvalidInput(f"{field} must be a non-empty list of strings")
     if len(value) > MAX_IDENTITIES:
@@ -229,7 +231,7 @@ def format_time(ms: int | None, tz: ZoneInfo) -> str | None:
 
 
 # ---- the body -------------------------------------------------------------------
-def parse_create(body: Any, now_ms: int, tz: ZoneInfo) -> CreateSpec:
+def parse_create(body: Any, now_ms: int, tz: ZoneInfo, max_tasks: int = MAX_TASKS) -> CreateSpec:
     """Validate a ``POST /api/v1/task`` body; raise the error of the first failing check (docstring order)."""
     if not isinstance(body, dict):
         raise InvalidInput("the request body must be a JSON object")
@@ -244,8 +246,8 @@ def parse_create(body: Any, now_ms: int, tz: ZoneInfo) -> CreateSpec:
     if has_serials == has_users:
         raise InvalidInput("exactly one of serials or usernames is required"
                            + (" (both were given)" if has_serials else ""))
-    serials = _identities("serials", body["serials"]) if has_serials else []
-    usernames = _identities("usernames", body["usernames"]) if has_users else []
+    serials = identities("serials", body["serials"]) if has_serials else []
+    usernames = identities("usernames", body["usernames"]) if has_users else []
 
     multi = body.get("enable_multi_account")
     if multi is None:
@@ -272,7 +274,8 @@ def parse_create(body: Any, now_ms: int, tz: ZoneInfo) -> CreateSpec:
         configs = [_encode(config)]
 
     tasks = len(serials or usernames) * len(configs)
-    if tasks > MAX_TASKS:
+    if tasks > max_tasks:
         raise InvalidInput(f"this call would create {tasks} tasks ({len(serials or usernames)} identities x"
-                           f" {len(configs)} targets); at most {MAX_TASKS} (MAX_TASKS) per call")
+                           f" {len(configs)} targets); at most {max_tasks}"
+                           f"{' (MAX_TASKS)' if max_tasks == MAX_TASKS else ''} per call")
     return CreateSpec(script, configs, serials, usernames, multi, due_ms)

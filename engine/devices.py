@@ -47,7 +47,7 @@ import orjson
 
 from .calls import Call, Command
 from .core import Core
-from .device_scripts import NoAccount, format_time, parse_create
+from .device_scripts import NoAccount, format_time, identities, parse_create
 from .errors import Conflict, Forbidden, InvalidInput, NotFound, raise_for
 
 STATUS_NAMES = {"0": "pending", "1": "running", "2": "completed", "3": "failed"}
@@ -117,10 +117,8 @@ class Devices:
 
     # ---- operator side -------------------------------------------------
     def create_call(self, body: Any, source: str = "api") -> Call:
-        spec = parse_create(body, self.core.now(), self.tz)
-        if len(spec.serials or spec.usernames) * len(spec.configs) > MAX_TASKS_PER_CALL:
-            raise InvalidInput(f"this call would create {len(spec.serials or spec.usernames) * len(spec.configs)}"
-                               f" tasks; at most {MAX_TASKS_PER_CALL} per call")
+        # The count before account fan-out is checked here; create-3 checks it after.
+        spec = parse_create(body, self.core.now(), self.tz, max_tasks=MAX_TASKS_PER_CALL)
         mode = "usernames" if spec.usernames else "serials"
         k = self.k
 
@@ -191,32 +189,45 @@ class Devices:
 
         return Call([self.core.script("delete", [self.k.running], actor, *tids)], finish)
 
+    def delete_one_call(self, task_id: Any, actor: str = "api") -> Call:
+        """Delete one task (stopped first if running); NotFound when it does not exist."""
+        many = self.delete_call([task_id], actor)
+
+        def finish(replies: list) -> dict:
+            result = many.finish(replies)
+            if result["not_found"]:
+                raise NotFound("task not found")
+            return {"deleted": result["deleted"]}
+
+        return Call(many.commands, finish)
+
     def delete(self, task_id: Any) -> dict:
-        """Delete one task (stopped first if running); 40401 when it does not exist."""
-        result = self.core.call(self.delete_call([task_id]))
-        if result["not_found"]:
-            raise NotFound("task not found")
-        return {"deleted": result["deleted"]}
+        return self.core.call(self.delete_one_call(task_id))
 
     def delete_many(self, ids: Any) -> dict:
         return self.core.call(self.delete_call(ids))
 
-    def _one_call(self, verb: str, keys: list[str], *args: Any) -> Call:
-        return Call([self.core.script(verb, keys, *args)], _ok)
+    def _one_call(self, verb: str, keys: list[str], tid: int, status: int, *args: Any) -> Call:
+        """A single-task transition; its result is ``{"task_id", "status"}`` (the new status)."""
+        def finish(replies: list) -> dict:
+            _ok(replies)
+            return {"task_id": tid, "status": status}
+
+        return Call([self.core.script(verb, keys, tid, *args)], finish)
 
     def stop_call(self, task_id: Any, actor: str = "api") -> Call:
         tid = _task_id(task_id)
-        return self._one_call("stop", [self.k.task(tid), self.k.running, self.k.run_leases], tid, actor)
+        return self._one_call("stop", [self.k.task(tid), self.k.running, self.k.run_leases], tid, 3, actor)
 
-    def stop(self, task_id: Any, actor: str = "api") -> None:
-        self.core.call(self.stop_call(task_id, actor))
+    def stop(self, task_id: Any, actor: str = "api") -> dict:
+        return self.core.call(self.stop_call(task_id, actor))
 
     def retry_call(self, task_id: Any, actor: str = "api") -> Call:
         tid = _task_id(task_id)
-        return self._one_call("retry", [self.k.task(tid)], tid, actor)
+        return self._one_call("retry", [self.k.task(tid)], tid, 0, actor)
 
-    def retry(self, task_id: Any, actor: str = "api") -> None:
-        self.core.call(self.retry_call(task_id, actor))
+    def retry(self, task_id: Any, actor: str = "api") -> dict:
+        return self.core.call(self.retry_call(task_id, actor))
 
     def retry_all(self, actor: str = "api") -> dict:
         """Every failed task under the retry limit back to pending, in bounded batches."""
@@ -244,7 +255,7 @@ class Devices:
     def heartbeat_call(self, body: Any) -> Call:
         if not isinstance(body, dict):
             raise InvalidInput("body must be a JSON object")
-        serials = _serials(body.get("serials"), "serials", required=False)
+        serials = [] if body.get("serials") is None else identities("serials", body["serials"])
         accounts = body.get("accounts")
         if accounts is None:
             accounts = {}
@@ -286,7 +297,7 @@ class Devices:
     def claim_call(self, body: Any) -> Call:
         if not isinstance(body, dict):
             raise InvalidInput("body must be a JSON object")
-        serials = _serials(body.get("serials"), "serials")
+        serials = identities("serials", body.get("serials"))
         limit = body.get("limit", len(serials))
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_SERIALS:
             raise InvalidInput(f"limit must be an integer from 1 to {MAX_SERIALS}")
@@ -313,8 +324,8 @@ class Devices:
         if not isinstance(remark, str) or len(remark) > MAX_REMARK:
             raise InvalidInput(f"remark must be a string of at most {MAX_REMARK} characters")
         k = self.k
-        return self._one_call("finish", [k.task(tid), k.running, k.run_leases], tid, "2" if ok else "3", remark,
-                              _agent(body), *self._retry_args())
+        return self._one_call("finish", [k.task(tid), k.running, k.run_leases], tid, 2 if ok else 3,
+                              "2" if ok else "3", remark, _agent(body), *self._retry_args())
 
     def complete(self, task_id: Any, remark: str = "", agent: str = "agent") -> None:
         self.core.call(self.finish_call(task_id, {"remark": remark, "agent": agent}, True))
@@ -394,14 +405,6 @@ def _text(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > MAX_NAME:
         raise InvalidInput(f"{field} must be a non-empty string of at most {MAX_NAME} characters")
     return value.strip()
-
-
-def _serials(value: Any, field: str, required: bool = True) -> list[str]:
-    if value is None and not required:
-        return []
-    if not isinstance(value, list) or not value or len(value) > MAX_SERIALS:
-        raise InvalidInput(f"{field} must be a non-empty array of at most {MAX_SERIALS} device serials")
-    return list(dict.fromkeys(_text(v, f"{field}[]") for v in value))
 
 
 def _agent(body: dict) -> str:

@@ -128,6 +128,14 @@ def test_more_than_1000_tasks_in_one_call_is_refused(engine):
     assert state_of(engine) == before
 
 
+def test_more_than_1000_tasks_before_account_fan_out_is_refused_before_redis(engine):
+    before = state_of(engine)
+    with pytest.raises(InvalidInput, match="1002 tasks.*at most 1000 per call"):
+        engine.devices.create({"serials": ["s1", "s2"], "script_name": "follow",
+                               "script_config": {"target_users": [f"t{i}" for i in range(501)]}})
+    assert state_of(engine) == before
+
+
 # ---- claim ---------------------------------------------------------------------
 def test_claim_takes_the_oldest_due_task_per_idle_serial(engine):
     a = engine.devices.create(post(["s1", "s2"]))["task_ids"]

@@ -11,7 +11,7 @@ CONTRACT_SCRIPTS = sorted(LUA_DIR.glob("*/*-*.lua"))
 
 
 def test_every_contract_has_scripts_and_no_script_sits_outside_a_contract_folder():
-    assert {p.parent.name for p in CONTRACT_SCRIPTS} >= {"stacking"}
+    assert {p.parent.name for p in CONTRACT_SCRIPTS} == {"stacking", "devices"}
     assert not list(LUA_DIR.glob("*.lua"))
     assert not list(LUA_DIR.glob("includes/*-*.lua"))
 
