@@ -50,6 +50,13 @@ class Settings:
     tz: str = "UTC"
     max_retry_count: int = 3
     auto_retry: bool = False
+    submit_retries: int = 3
+    submit_lease_ms: int = 120_000
+    submit_retry_base_ms: int = 2_000
+    submit_retry_cap_ms: int = 60_000
+    poll_interval_ms: int = 15_000
+    task_timeout_ms: int = 1440 * 60_000
+    upstream_timeout_s: float = 30.0
     clock: Clock = field(default=wall_clock_ms)
 
     @classmethod
@@ -72,4 +79,11 @@ class Settings:
             tz=os.environ.get("TASKHUB_TZ", "UTC") or "UTC",
             max_retry_count=_env_int("TASKHUB_MAX_RETRY_COUNT", 3),
             auto_retry=os.environ.get("TASKHUB_AUTO_RETRY", "0").strip().lower() in ("1", "true", "yes", "on"),
+            submit_retries=_env_int("TASKHUB_SUBMIT_RETRIES", 3),
+            submit_lease_ms=_env_seconds_ms("TASKHUB_SUBMIT_LEASE", 120),
+            submit_retry_base_ms=_env_seconds_ms("TASKHUB_SUBMIT_RETRY_BASE", 2),
+            submit_retry_cap_ms=_env_seconds_ms("TASKHUB_SUBMIT_RETRY_CAP", 60),
+            poll_interval_ms=_env_seconds_ms("TASKHUB_POLL_INTERVAL", 15),
+            task_timeout_ms=_env_int("TASKHUB_TASK_TIMEOUT_MINUTES", 1440) * 60_000,
+            upstream_timeout_s=float(os.environ.get("TASKHUB_UPSTREAM_TIMEOUT") or 30),
         )

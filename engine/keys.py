@@ -160,3 +160,96 @@ class DeviceKeys(Keys):
     @property
     def users(self) -> str:
         return self._k("users")
+
+
+class TaskCenterKeys(Keys):
+    """Task center: users, tokens, channels, prices, the ledger, task indexes and cells.
+
+    A *cell* is one sorted set per combination of the low-cardinality list
+    filters (platform, action, status, channel), scored by task id, kept once
+    for all tasks (``cg:``) and once per user (``cu:<uid>:``); ``cells`` and
+    ``cells:<uid>`` register which cells exist. Every task is in exactly one
+    global and one user cell, so any combination of filters is a union of a few
+    cells: exact totals by ZCOUNT, pages by merging their heads.
+    """
+
+    def __init__(self, namespace: str, shard: int | None = None) -> None:
+        super().__init__(namespace, "tasks", shard)
+
+    @property
+    def public_ids(self) -> str:
+        return self._k("pub")
+
+    def user(self, uid: int | str) -> str:
+        return self._k(f"u:{uid}")
+
+    @property
+    def user_seq(self) -> str:
+        return self._k("useq")
+
+    @property
+    def user_names(self) -> str:
+        return self._k("uname")
+
+    @property
+    def access_tokens(self) -> str:
+        return self._k("uaccess")
+
+    def token(self, key: str) -> str:
+        return self._k(f"k:{key}")
+
+    def user_tokens(self, uid: int | str) -> str:
+        return self._k(f"ut:{uid}")
+
+    def channel(self, cid: int | str) -> str:
+        return self._k(f"c:{cid}")
+
+    @property
+    def channels(self) -> str:
+        return self._k("chans")
+
+    @property
+    def channel_seq(self) -> str:
+        return self._k("cseq")
+
+    @property
+    def prices(self) -> str:
+        return self._k("prices")
+
+    @property
+    def ledger(self) -> str:
+        return self._k("ledger")
+
+    @property
+    def meta(self) -> str:
+        return self._k("meta")
+
+    @property
+    def queue(self) -> str:
+        """Tasks waiting to be submitted upstream, score = due time (ms)."""
+        return self._k("q")
+
+    @property
+    def polls(self) -> str:
+        """Tasks upstream, score = last polled (ms): least recently polled first."""
+        return self._k("poll")
+
+    @property
+    def active(self) -> str:
+        """Unfinished tasks, score = submit time (ms), for the timeout sweep."""
+        return self._k("active")
+
+    @property
+    def seconds(self) -> str:
+        """First task id of each submit second (member id, score second): time filters as id ranges."""
+        return self._k("secs")
+
+    def index(self, uid: int | str | None = None) -> str:
+        return self._k("ix:all" if uid is None else f"ix:u:{uid}")
+
+    def cells(self, uid: int | str | None = None) -> str:
+        return self._k("cells" if uid is None else f"cells:{uid}")
+
+    @property
+    def scratch(self) -> str:
+        return self._k("ix:scratch")

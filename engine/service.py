@@ -9,9 +9,10 @@ from .config import Settings
 from .connection import connect
 from .core import Core
 from .devices import Devices
-from .keys import DeviceKeys, StackingKeys
+from .keys import DeviceKeys, StackingKeys, TaskCenterKeys
 from .servers import Servers
 from .stacking import Stacking
+from .taskcenter import TaskCenter
 
 
 class Engine:
@@ -21,6 +22,7 @@ class Engine:
         self.servers = Servers(self.core)
         self.stacking = Stacking(self.core)
         self.devices = Devices(Core(client, settings, DeviceKeys(settings.namespace)))
+        self.tasks = TaskCenter(Core(client, settings, TaskCenterKeys(settings.namespace)))
 
     @classmethod
     def from_env(cls) -> "Engine":

@@ -1,0 +1,97 @@
+--[[ list-5: one page of tasks, newest (highest id) first, with the exact total; read only.
+
+Filters: user (the /self caller, or the admin's user_id), platform, action,
+status, channel, public task id, and submit time [start, end] (inclusive,
+seconds). The time filter becomes an id range through `secs` (submit times
+never decrease with ids: submit-4). With no platform/action/status/channel
+filter the source is ix:all or ix:u:<uid>; otherwise the union of the
+matching cells (global, or the user's). Total = sum of ZCOUNT over the
+sources; the page = merge of each source's first offset+size ids, or, for a
+deep page (offset+size > 2000) over several cells, a ZUNIONSTORE into the
+scratch key (deleted before returning): the one cost that grows with the data.
+KEYS[1] registry (cells | cells:<uid>)  KEYS[2] ix:all | ix:u:<uid>  KEYS[3] secs
+KEYS[4] pub  KEYS[5] scratch
+ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] uid ('' = every user)
+ARGV[5] platform  ARGV[6] ACTION  ARGV[7] status  ARGV[8] channel id  ARGV[9] public task id
+ARGV[10] start s  ARGV[11] end s  ('' = no filter, for ARGV[5..11])
+ARGV[12] offset  ARGV[13] size  ARGV[14] '1' = append the user's name to each record
+Returns {total, record...}; a record is {id, FIELDS...[, username]} (includes/center.lua).
+Events: none.
+]]
+local K, NOW, MAXLEN = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+-- @include center
+
+local uid, pf, ac, st, ch, tid = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local off, size, names = tonumber(ARGV[12]), tonumber(ARGV[13]), ARGV[14] == '1'
+local DEEP = 2000
+
+local lo, hi = '-inf', '+inf'
+if ARGV[10] ~= '' then
+  local first = redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[10], '+inf', 'LIMIT', 0, 1)
+  if #first == 0 then return {0} end
+  lo = first[1]
+end
+if ARGV[11] ~= '' then
+  local after = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[11], '+inf', 'LIMIT', 0, 1)
+  if #after > 0 then hi = tonumber(after[1]) - 1 end
+end
+if lo ~= '-inf' and hi ~= '+inf' and tonumber(lo) > hi then return {0} end
+
+local function out_record(id)
+  local r = record(id)
+  if names then r[#r + 1] = redis.call('HGET', K .. 'u:' .. r[6], 'name') or '' end
+  return r
+end
+
+if tid ~= '' then
+  local id = redis.call('HGET', KEYS[4], tid)
+  if not id then return {0} end
+  local f = redis.call('HMGET', K .. 't:' .. id, 'u', 'pf', 'ac', 'st', 'ch')
+  local n = tonumber(id)
+  if (uid ~= '' and f[1] ~= uid) or (pf ~= '' and f[2] ~= pf) or (ac ~= '' and f[3] ~= ac)
+     or (st ~= '' and f[4] ~= st) or (ch ~= '' and f[5] ~= ch)
+     or (lo ~= '-inf' and n < tonumber(lo)) or (hi ~= '+inf' and n > hi) then
+    return {0}
+  end
+  if off > 0 then return {1} end
+  return {1, out_record(id)}
+end
+
+local srcs = {}
+if pf == '' and ac == '' and st == '' and ch == '' then
+  srcs[1] = KEYS[2]
+else
+  local prefix = uid == '' and (K .. 'cg:') or (K .. 'cu:' .. uid .. ':')
+  for _, c in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    local a, b, s, h = string.match(c, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+    if (pf == '' or a == pf) and (ac == '' or b == ac) and (st == '' or s == st) and (ch == '' or h == ch) then
+      srcs[#srcs + 1] = prefix .. c
+    end
+  end
+end
+
+local total = 0
+for _, src in ipairs(srcs) do total = total + redis.call('ZCOUNT', src, lo, hi) end
+local out = {total}
+if total == 0 or off >= total then return out end
+
+local ids
+if #srcs == 1 then
+  ids = redis.call('ZREVRANGEBYSCORE', srcs[1], hi, lo, 'LIMIT', off, size)
+elseif off + size > DEEP then
+  redis.call('ZUNIONSTORE', KEYS[5], #srcs, unpack(srcs))
+  ids = redis.call('ZREVRANGEBYSCORE', KEYS[5], hi, lo, 'LIMIT', off, size)
+  redis.call('DEL', KEYS[5])
+else
+  local all = {}
+  for _, src in ipairs(srcs) do
+    for _, id in ipairs(redis.call('ZREVRANGEBYSCORE', src, hi, lo, 'LIMIT', 0, off + size)) do
+      all[#all + 1] = tonumber(id)
+    end
+  end
+  table.sort(all, function(x, y) return x > y end)
+  ids = {}
+  for i = off + 1, math.min(off + size, #all) do ids[#ids + 1] = all[i] end
+end
+for _, id in ipairs(ids) do out[#out + 1] = out_record(id) end
+return out

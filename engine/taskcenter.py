@@ -1,0 +1,633 @@
+"""Task center: asynchronous platform jobs per user, with quota (spec: task-center.md, seed 002).
+
+A user submits a job (a song, lyrics); one script checks the API token and
+the user, charges the price and creates the task ``NOT_START``. The submit job
+(``workers/jobs.py``) hands it to an upstream channel; the poll job reads its
+progress; the timeout sweep ends what never finishes. Every move is a script
+of ``engine/lua/tasks`` on the shared includes (status and counters, events,
+leases, backoff), and ``includes/center.lua`` holds the two terminal moves.
+
+Decisions the spec leaves open, written down here:
+
+- **Refunds** happen in exactly one place, ``fail_task`` (center.lua): the
+  move to ``FAILURE`` and the refund of the task's whole charge to the user
+  (and to its API token, if limited and still there) are one script that does
+  nothing to a terminal task. Every failure path (submit refused, retries
+  exhausted, platform FAILURE, channel deleted, timeout) calls it, so a refund
+  happens once whatever races, and is never lost between two steps.
+- **Ledger**: every grant, charge and refund is an entry of a capped stream
+  (``TASKHUB_EVENTS_MAXLEN``) and moves the user's running totals (``gr``,
+  ``chg``, ``rfd``). ``audit`` checks ``quota = grants - charges + refunds``
+  and ``used_quota = charges - refunds`` per user, cross-checks both against
+  the user's tasks (each charge is a task's ``quota``; each refund a
+  ``FAILURE`` task's, once), and against the stream while it is whole.
+- **Tokens** (access tokens and ``sk-`` API tokens) are stored as SHA-256
+  digests and shown once, when created (as stacking's server keys).
+- **submit_time** is when the user submitted (the charge), never earlier than
+  the previous task's: ids and submit times grow together, so the inclusive
+  time filter is an id range, exact and O(log N). ``start_time`` is when the
+  platform first reports ``IN_PROGRESS``; ``finish_time`` when terminal.
+- **Listing**: every task is in one *cell* per combination of platform,
+  action, status and channel, globally and per user (``engine/keys.py``), so
+  any filter combination is a union of a few sorted sets: exact ``total`` by
+  ZCOUNT, first pages by merging their heads. Deep pages over several cells
+  cost O(matching tasks) (list-5.lua).
+- **Submission** is a periodic RQ job (and one kicked at once by the web
+  process when the queue was empty) that leases due tasks, so a burst costs
+  one job, not one forked work horse per task; a submitter that dies leaves a
+  lease that lapses back to the queue.
+- ``action`` is matched case-insensitively (stored upper-case); ``p`` below
+  1 becomes 1 and ``page_size`` is clamped to 1..100; a value that is not a
+  number is refused (400), as is an unknown status.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import secrets
+import string
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import orjson
+
+from .calls import Call
+from .core import Core
+from .errors import EngineError, Forbidden, InvalidInput, NotFound, raise_for
+
+STATUSES = ("NOT_START", "SUBMITTED", "QUEUED", "IN_PROGRESS", "SUCCESS", "FAILURE", "UNKNOWN")
+TERMINAL = ("SUCCESS", "FAILURE")
+PROGRESS = {"NOT_START": "0%", "SUBMITTED": "10%", "QUEUED": "20%", "IN_PROGRESS": "30%",
+            "SUCCESS": "100%", "FAILURE": "100%"}
+ACTIONS = {"suno": ("MUSIC", "LYRICS")}
+# Quota per platform:ACTION when no price is set (the gateway's defaults: $0.10 and $0.01 at
+# 500,000 units per dollar); `taskhub price set` overrides them.
+DEFAULT_PRICES = {"suno:MUSIC": 50_000, "suno:LYRICS": 5_000}
+ROLES = {"common": 1, "admin": 10, "root": 100}
+ENABLED, DISABLED = "1", "2"
+MAX_PAGE_SIZE = 100
+MAX_FETCH_IDS = 1000
+MAX_NAME = 64
+# The documented fields after the id, as the scripts return them (includes/center.lua FIELDS).
+FIELDS = ("ca", "ua", "tid", "pf", "u", "ch", "q", "ac", "st", "fr", "sbt", "stt", "ft", "pg", "pr", "d")
+_ALPHABET = string.ascii_letters + string.digits
+
+
+class NotSignedIn(EngineError):
+    """401: no credentials, or credentials that match nobody."""
+
+    code = "unauthorized"
+
+
+class Disabled(Forbidden):
+    code = "user_disabled"
+
+
+class InsufficientQuota(Forbidden):
+    code = "insufficient_user_quota"
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_secret(prefix: str, n: int) -> str:
+    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(n))
+
+
+def _refused(code: str, message: str, cls: type[EngineError] = Forbidden) -> EngineError:
+    exc = cls(message)
+    exc.code = code
+    return exc
+
+
+REFUSALS = {
+    "invalid_token": lambda d: NotSignedIn("invalid API token (Authorization: Bearer sk-...)"),
+    "token_disabled": lambda d: _refused("token_disabled", "this API token is disabled"),
+    "user_disabled": lambda d: Disabled("this user is disabled"),
+    "insufficient_user_quota": lambda d: _refused(
+        "insufficient_user_quota", f"user quota is not enough: {d[0]} left, this task costs {d[1]}",
+        InsufficientQuota),
+    "insufficient_token_quota": lambda d: _refused(
+        "insufficient_token_quota", f"API token quota is not enough: {d[0]} left, this task costs {d[1]}",
+        InsufficientQuota),
+    "insufficient": lambda d: InvalidInput(f"quota would go below zero (it is {d[0]})"),
+    "not_found": lambda d: NotFound("not found"),
+}
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _int(v: Any) -> int:
+    return int(v) if v not in (None, b"", "") else 0
+
+
+def _json_fragment(v: Any) -> Any:
+    return orjson.Fragment(v) if v else orjson.Fragment(b"{}")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A task leased to the submit job."""
+
+    id: int
+    platform: str
+    action: str
+    body: bytes
+    attempt: int
+    tried: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Channel:
+    id: int
+    platform: str
+    base_url: str
+    key: str
+    weight: int
+    enabled: bool
+    name: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the platform said about one task, mapped to our statuses (``map_report``)."""
+
+    id: int
+    status: str
+    progress: str
+    fail_reason: str
+    data: bytes  # JSON; b"" = unchanged
+
+
+def map_report(task_id: int, item: dict) -> Report:
+    """The spec's status and progress mapping of one platform item (suno-compatible ``fetch``).
+
+    Unrecognised statuses become ``UNKNOWN`` (kept polling, progress kept);
+    ``IN_PROGRESS`` takes the platform's own ``NN%`` when it gives a valid one.
+    """
+    raw = str(item.get("status") or "").upper()
+    status = raw if raw in STATUSES else "UNKNOWN"
+    progress = PROGRESS.get(status, "")
+    if status == "IN_PROGRESS":
+        given = str(item.get("progress") or "")
+        if given.endswith("%") and given[:-1].isdigit() and 0 <= int(given[:-1]) <= 100:
+            progress = given
+    reason = ""
+    if status == "FAILURE":
+        reason = str(item.get("fail_reason") or "the platform reported FAILURE")[:1000]
+    data = item.get("data")
+    blob = orjson.dumps(data) if isinstance(data, (dict, list)) else b""
+    return Report(task_id, status, progress, reason, blob)
+
+
+def choose_channel(channels: Iterable[Channel], tried: Iterable[int], rng: random.Random | None = None
+                   ) -> Channel | None:
+    """Weighted random choice among enabled channels, avoiding those already tried while others remain."""
+    enabled = [c for c in channels if c.enabled and c.weight > 0] or [c for c in channels if c.enabled]
+    if not enabled:
+        return None
+    tried_set = set(tried)
+    fresh = [c for c in enabled if c.id not in tried_set] or enabled
+    weights = [max(c.weight, 1) for c in fresh]
+    return (rng or random).choices(fresh, weights=weights)[0]
+
+
+# ---- query parsing ------------------------------------------------------------------
+def _num(params: dict, name: str) -> int | None:
+    raw = params.get(name)
+    if raw is None or str(raw).strip() == "":
+        return None
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise InvalidInput(f"{name} must be an integer, got {str(raw)[:40]!r}") from None
+
+
+def _word(params: dict, name: str) -> str:
+    raw = params.get(name)
+    if raw is None:
+        return ""
+    value = str(raw).strip()
+    if len(value) > MAX_NAME or any(c in value for c in "|:{} \t\r\n"):
+        raise InvalidInput(f"{name} is not a valid value: {value[:40]!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    page: int
+    size: int
+    args: tuple  # ARGV[4..14] of list-5 after the user id
+
+
+def parse_list(params: dict, admin: bool) -> tuple[ListQuery, int | None]:
+    """Query values (strings) -> the list query, and the admin ``user_id`` filter if any."""
+    page = max(_num(params, "p") or 1, 1)
+    size = _num(params, "page_size")
+    size = 20 if size is None else min(max(size, 1), MAX_PAGE_SIZE)
+    status = _word(params, "status").upper()
+    if status and status not in STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(STATUSES)}")
+    start, end = _num(params, "start_timestamp"), _num(params, "end_timestamp")
+    user_id = channel_id = None
+    if admin:
+        user_id, channel_id = _num(params, "user_id"), _num(params, "channel_id")
+    task_id = _word(params, "task_id")
+    args = (_word(params, "platform"), _word(params, "action").upper(), status,
+            "" if channel_id is None else str(channel_id), task_id,
+            "" if start is None else str(start), "" if end is None else str(end),
+            (page - 1) * size, size)
+    return ListQuery(page, size, args), user_id
+
+
+class TaskCenter:
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.k = core.keys
+        self.s = core.settings
+
+    # ---- platform-facing (API token) ---------------------------------------------------
+    def submit_call(self, api_token: str, platform: str, action: str, body: Any) -> Call:
+        """Charge and create one task; the result is ``{"id", "task_id", "quota", "kick"}``."""
+        platform = (platform or "").lower()
+        act = (action or "").upper()
+        if platform not in ACTIONS:
+            raise InvalidInput(f"unknown platform {platform!r}")
+        if act not in ACTIONS[platform]:
+            raise InvalidInput(f"action must be one of {', '.join(a.lower() for a in ACTIONS[platform])}")
+        if not isinstance(body, dict):
+            raise InvalidInput("the JSON body must be an object")
+        prompt = body.get("prompt") or body.get("gpt_description_prompt") or ""
+        props = orjson.dumps({"input": str(prompt)[:2000]})
+        public = new_secret("task_", 32)
+        digest = token_hash(api_token)
+        k = self.k
+
+        def finish(replies: list) -> dict:
+            reply = raise_for(replies[0], refusals=REFUSALS)
+            return {"id": int(reply[1]), "task_id": public, "quota": int(reply[2]), "kick": reply[3] == 1}
+
+        return Call([self.core.script(
+            "submit", [k.token(digest), k.seq, k.public_ids, k.prices], platform, act,
+            DEFAULT_PRICES.get(f"{platform}:{act}", 0), public, orjson.dumps(body), props, digest)], finish)
+
+    def submit(self, api_token: str, platform: str, action: str, body: Any) -> dict:
+        return self.core.call(self.submit_call(api_token, platform, action, body))
+
+    def fetch_call(self, api_token: str, task_ids: Any, many: bool) -> Call:
+        """The caller's own tasks: one (NotFound if missing) or a list (missing ones left out)."""
+        if many:
+            if not isinstance(task_ids, list) or not all(isinstance(t, str) for t in task_ids):
+                raise InvalidInput("ids must be an array of task ids")
+            if len(task_ids) > MAX_FETCH_IDS:
+                raise InvalidInput(f"at most {MAX_FETCH_IDS} ids per call")
+        ids = list(dict.fromkeys(task_ids)) if many else [task_ids]
+
+        def finish(replies: list) -> Any:
+            reply = raise_for(replies[0], refusals=REFUSALS)
+            found = [self.render(r, channel=False) for r in reply[1:] if r != 0]
+            if many:
+                return found
+            if not found:
+                raise NotFound("task not found")
+            return found[0]
+
+        if not ids:
+            return Call([], lambda replies: [])
+        return Call([self.core.script("fetch", [self.k.token(token_hash(api_token)), self.k.public_ids],
+                                      *ids)], finish)
+
+    # ---- management API (access token + New-Api-User) ----------------------------------
+    def whoami_call(self, authorization: str | None, api_user: str | None, min_role: int) -> Call:
+        """Who the caller is, checked in the spec's order; the user's own fields as the result."""
+        token = (authorization or "").strip()
+        if token[:7].lower() == "bearer ":
+            token = token[7:].strip()
+        if not token:
+            raise NotSignedIn("not signed in: no access token (Authorization: Bearer <access_token>)")
+
+        def finish(replies: list) -> dict:
+            reply = raise_for(replies[0], refusals={
+                "invalid_token": lambda d: NotSignedIn("not signed in: invalid access token")})
+            uid, name, role, status, quota, used = reply[1:7]
+            header = (api_user or "").strip()
+            if header[:7].lower() == "bearer ":  # the seed's own example sends "Bearer <id>"
+                header = header[7:].strip()
+            if not header:
+                raise NotSignedIn("New-Api-User header not provided")
+            if not header.lstrip("-").isdigit():
+                raise NotSignedIn("New-Api-User header format error")
+            if int(header) != int(uid):
+                raise NotSignedIn("New-Api-User does not match logged in user")
+            if _text(status) != ENABLED:
+                raise Disabled("this user is disabled")
+            if int(role) < min_role:
+                raise _refused("forbidden", "insufficient privileges: this needs an admin user")
+            return {"id": int(uid), "username": _text(name), "role": int(role), "status": int(status),
+                    "quota": int(quota), "used_quota": int(used)}
+
+        return Call([self.core.script("whoami", [self.k.access_tokens], token_hash(token))], finish)
+
+    def list_call(self, params: dict, user_id: int | None, admin: bool) -> Call:
+        """One page. ``user_id`` restricts to one user (``/self``, or the admin's ``user_id``)."""
+        query, admin_user = parse_list(params, admin)
+        uid = user_id if user_id is not None else admin_user
+        k = self.k
+
+        def finish(replies: list) -> dict:
+            reply = replies[0]
+            items = [self.render(r, channel=admin, username=admin) for r in reply[1:]]
+            return {"items": items, "total": int(reply[0]), "page": query.page, "page_size": query.size}
+
+        return Call([self.core.script(
+            "list", [k.cells(uid), k.index(uid), k.seconds, k.public_ids, k.scratch],
+            "" if uid is None else uid, *query.args, "1" if admin else "0")], finish)
+
+    def list(self, params: dict | None = None, user_id: int | None = None, admin: bool = True) -> dict:
+        return self.core.call(self.list_call(params or {}, user_id, admin))
+
+    def render(self, r: list, channel: bool, username: bool = False) -> dict:
+        (id_, ca, ua, tid, pf, u, ch, q, ac, st, fr, sbt, stt, ft, pg, pr, d) = r[:17]
+        out: dict[str, Any] = {"id": int(id_), "created_at": _int(ca), "updated_at": _int(ua) // 1000,
+                               "task_id": _text(tid), "platform": _text(pf), "user_id": _int(u)}
+        if channel:
+            out["channel_id"] = _int(ch)
+        out.update({"quota": _int(q), "action": _text(ac), "status": _text(st), "fail_reason": _text(fr or b""),
+                    "submit_time": _int(sbt), "start_time": _int(stt), "finish_time": _int(ft),
+                    "progress": _text(pg or b"0%"), "properties": _json_fragment(pr), "data": _json_fragment(d)})
+        if username:
+            out["username"] = _text(r[17]) if len(r) > 17 else ""
+        return out
+
+    # ---- operators -----------------------------------------------------------------------
+    def create_user(self, name: str, quota: int = 0, role: str | int = "common") -> dict:
+        """A user, its access token and a first unlimited API token (both shown only here)."""
+        name = (name or "").strip()
+        if not name or len(name) > MAX_NAME:
+            raise InvalidInput(f"a user name of 1 to {MAX_NAME} characters is required")
+        level = ROLES.get(role) if isinstance(role, str) else role
+        if level not in ROLES.values():
+            raise InvalidInput(f"role must be one of {', '.join(ROLES)}")
+        quota = _quota(quota)
+        access, api_key = new_secret("", 32), new_secret("sk-", 48)
+        k = self.k
+        reply = self.core.run("create_user", [k.user_seq, k.user_names, k.access_tokens], name, level, quota,
+                              token_hash(access), token_hash(api_key))
+        raise_for(reply, "user", refusals={"exists": lambda d: _conflict(f"user '{d[0]}' already exists")})
+        return {"id": int(reply[1]), "access_token": access, "api_key": api_key}
+
+    def create_token(self, user_id: int, name: str = "", quota: int | None = None) -> dict:
+        """Another API token; ``quota`` None = unlimited (the user's quota still applies)."""
+        uid = _uid(user_id)
+        key = new_secret("sk-", 48)
+        reply = self.core.run("create_token", [self.k.user(uid)], uid, token_hash(key), (name or "")[:MAX_NAME],
+                              "" if quota is None else _quota(quota))
+        raise_for(reply, "user")
+        return {"user_id": uid, "api_key": key, "quota": quota}
+
+    def set_token_status(self, api_key: str, enabled: bool) -> None:
+        raise_for(self.core.run("set_fields", [self.k.token(token_hash(api_key))], "st",
+                                ENABLED if enabled else DISABLED), "token")
+
+    def grant(self, user_id: int, amount: int) -> int:
+        """Add (negative: take back) quota; returns the new quota."""
+        uid = _uid(user_id)
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount == 0:
+            raise InvalidInput("amount must be a non-zero integer")
+        reply = raise_for(self.core.run("grant", [self.k.user(uid)], uid, amount), "user", refusals=REFUSALS)
+        return int(reply[1])
+
+    def set_user(self, user_id: int, status: str | None = None, role: str | None = None) -> None:
+        uid = _uid(user_id)
+        pairs: list[Any] = []
+        if status is not None:
+            if status not in ("enabled", "disabled"):
+                raise InvalidInput("status must be 'enabled' or 'disabled'")
+            pairs += ["st", ENABLED if status == "enabled" else DISABLED]
+        if role is not None:
+            if role not in ROLES:
+                raise InvalidInput(f"role must be one of {', '.join(ROLES)}")
+            pairs += ["role", ROLES[role]]
+        if not pairs:
+            raise InvalidInput("nothing to change: give status and/or role")
+        raise_for(self.core.run("set_fields", [self.k.user(uid)], *pairs), "user")
+
+    def user(self, user_id: int) -> dict:
+        uid = _uid(user_id)
+        h = self.core.r.hgetall(self.k.user(uid))
+        if not h:
+            raise NotFound("user not found")
+        return _user_view(uid, h)
+
+    def users(self) -> list[dict]:
+        names = self.core.r.hgetall(self.k.user_names)
+        uids = sorted(int(v) for v in names.values())
+        pipe = self.core.r.pipeline(transaction=False)
+        for uid in uids:
+            pipe.hgetall(self.k.user(uid))
+        return [_user_view(uid, h) for uid, h in zip(uids, pipe.execute()) if h]
+
+    def add_channel(self, platform: str, base_url: str, key: str = "", weight: int = 1, enabled: bool = True,
+                    name: str = "", only_if_none: bool = False) -> int | None:
+        """A new channel's id; with ``only_if_none``, None when the platform already has one."""
+        platform = (platform or "").lower()
+        if platform not in ACTIONS:
+            raise InvalidInput(f"unknown platform {platform!r} (known: {', '.join(ACTIONS)})")
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise InvalidInput("base_url must be an http:// or https:// URL")
+        if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 10_000:
+            raise InvalidInput("weight must be an integer from 0 to 10000")
+        k = self.k
+        reply = self.core.run("add_channel", [k.channel_seq, k.channels], platform, base_url.rstrip("/"), key or "",
+                              weight, ENABLED if enabled else DISABLED, (name or platform)[:MAX_NAME],
+                              "1" if only_if_none else "0")
+        if _text(reply[0]) == "exists":
+            return None
+        return int(reply[1])
+
+    def set_channel(self, channel_id: int, enabled: bool | None = None, weight: int | None = None,
+                    base_url: str | None = None, key: str | None = None) -> None:
+        pairs: list[Any] = []
+        if enabled is not None:
+            pairs += ["st", ENABLED if enabled else DISABLED]
+        if weight is not None:
+            if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 10_000:
+                raise InvalidInput("weight must be an integer from 0 to 10000")
+            pairs += ["w", weight]
+        if base_url is not None:
+            if not base_url.startswith(("http://", "https://")):
+                raise InvalidInput("base_url must be an http:// or https:// URL")
+            pairs += ["url", base_url.rstrip("/")]
+        if key is not None:
+            pairs += ["key", key]
+        if not pairs:
+            raise InvalidInput("nothing to change")
+        raise_for(self.core.run("set_fields", [self.k.channel(_uid(channel_id, "channel id"))], *pairs), "channel")
+
+    def delete_channel(self, channel_id: int) -> None:
+        cid = _uid(channel_id, "channel id")
+        raise_for(self.core.run("delete_channel", [self.k.channel(cid), self.k.channels], cid), "channel")
+
+    def channels(self, platform: str | None = None) -> list[Channel]:
+        ids = sorted(int(c) for c in self.core.r.smembers(self.k.channels))
+        pipe = self.core.r.pipeline(transaction=False)
+        for cid in ids:
+            pipe.hgetall(self.k.channel(cid))
+        out = []
+        for cid, h in zip(ids, pipe.execute()):
+            if not h or (platform and _text(h[b"pf"]) != platform):
+                continue
+            out.append(Channel(cid, _text(h[b"pf"]), _text(h[b"url"]), _text(h.get(b"key", b"")),
+                               int(h.get(b"w", 1)), _text(h.get(b"st", b"1")) == ENABLED, _text(h.get(b"name", b""))))
+        return out
+
+    def set_price(self, platform: str, action: str, quota: int) -> None:
+        platform, act = (platform or "").lower(), (action or "").upper()
+        if platform not in ACTIONS or act not in ACTIONS[platform]:
+            raise InvalidInput(f"unknown platform/action {platform}/{action}")
+        self.core.r.hset(self.k.prices, f"{platform}:{act}", _quota(quota))
+
+    def prices(self) -> dict[str, int]:
+        out = dict(DEFAULT_PRICES)
+        out.update({_text(k): int(v) for k, v in self.core.r.hgetall(self.k.prices).items()})
+        return out
+
+    def stats(self) -> dict[str, int]:
+        counts = {_text(k): int(v) for k, v in self.core.r.hgetall(self.k.stats).items()}
+        return {s: counts.get(s, 0) for s in STATUSES}
+
+    # ---- workers: submit, poll, sweep ----------------------------------------------------
+    def claim_submissions(self, batch: int = 100, ids: Iterable[int] = ()) -> list[Submission]:
+        k = self.k
+        reply = self.core.run("claim", [k.queue, k.claim_leases], batch, self.s.submit_lease_ms, *ids)
+        return [Submission(int(r[0]), _text(r[1]), _text(r[2]), r[3], int(r[4]),
+                           tuple(int(c) for c in _text(r[5] or b"").split(",") if c)) for r in reply]
+
+    def submitted(self, task_id: int, channel_id: int, upstream_id: str) -> bool:
+        """Record the platform's acceptance; False if the task had moved on (timed out)."""
+        reply = self.core.run("submitted", [self.k.claim_leases], task_id, channel_id, upstream_id)
+        return _text(reply[0]) == "ok"
+
+    def submit_failed(self, task_id: int, channel_id: int | None, reason: str, permanent: bool) -> str:
+        """A failed submission: ``retry`` (later, another channel), ``failed`` (refunded) or ``stale``."""
+        s = self.s
+        reply = self.core.run("submit_error", [self.k.claim_leases], task_id,
+                              "" if channel_id is None else channel_id, reason[:1000], "1" if permanent else "0",
+                              s.submit_retries, s.submit_retry_base_ms, s.submit_retry_cap_ms)
+        return _text(reply[0])
+
+    def take_polls(self, batch: int) -> list[tuple[int, int, str, str]]:
+        """Up to ``batch`` tasks due for a poll: (id, channel id, upstream id, ACTION)."""
+        reply = self.core.run("take_polls", [self.k.polls], batch, self.s.poll_interval_ms)
+        return [(int(r[0]), _int(r[1]), _text(r[2]), _text(r[3])) for r in reply]
+
+    def apply(self, reports: Iterable[Report], actor: str = "poll") -> dict:
+        args: list[Any] = []
+        for rep in reports:
+            args += [rep.id, rep.status, rep.progress, rep.fail_reason, rep.data]
+        if not args:
+            return {"changed": 0, "succeeded": 0, "failed": 0, "skipped": 0}
+        changed, succeeded, failed, skipped = self.core.run("update", [self.k.polls], actor, *args)
+        return {"changed": changed, "succeeded": succeeded, "failed": failed, "skipped": skipped}
+
+    def sweep(self) -> dict:
+        s = self.s
+        minutes = s.task_timeout_ms // 60_000
+        timed_out, requeued, left = self.core.run("sweep", [self.k.active, self.k.claim_leases], s.task_timeout_ms,
+                                                  s.sweep_batch, minutes)
+        return {"timed_out": timed_out, "submissions_requeued": requeued, "timed_out_left": left}
+
+    # ---- the audit ---------------------------------------------------------------------------
+    def audit(self) -> list[dict]:
+        """Per user: do the balance, the ledger totals, the user's tasks (and the ledger stream,
+        while it is whole) agree? Read-only, in batches; a row with ``ok`` False names what differs."""
+        r, k = self.core.r, self.k
+        ledger_whole = int(r.hget(k.meta, "ledger_n") or 0) == r.xlen(k.ledger)
+        stream: dict[int, int] = {}
+        if ledger_whole:
+            for _, fields in _xrange_all(r, k.ledger):
+                uid = int(fields[b"user"])
+                stream[uid] = stream.get(uid, 0) + int(fields[b"delta"])
+        rows = []
+        for user in self.users():
+            uid = user["id"]
+            h = r.hgetall(k.user(uid))
+            quota, used = int(h[b"quota"]), int(h[b"used"])
+            granted, charged, refunded = int(h[b"gr"]), int(h[b"chg"]), int(h[b"rfd"])
+            task_charged = task_refunded = unrefunded_failures = 0
+            for chunk in _chunks(r.zrange(k.index(uid), 0, -1), 1000):
+                pipe = r.pipeline(transaction=False)
+                for tid in chunk:
+                    pipe.hmget(k.task(int(tid)), "q", "st", "rf")
+                for q, st, rf in pipe.execute():
+                    task_charged += int(q or 0)
+                    if rf == b"1":
+                        task_refunded += int(q or 0)
+                    elif st == b"FAILURE":
+                        unrefunded_failures += 1
+            problems = []
+            if quota != granted - charged + refunded:
+                problems.append(f"quota {quota} != grants {granted} - charges {charged} + refunds {refunded}")
+            if used != charged - refunded:
+                problems.append(f"used_quota {used} != charges {charged} - refunds {refunded}")
+            if task_charged != charged:
+                problems.append(f"tasks charged {task_charged} != ledger charges {charged}")
+            if task_refunded != refunded:
+                problems.append(f"refunded tasks {task_refunded} != ledger refunds {refunded}")
+            if unrefunded_failures:
+                problems.append(f"{unrefunded_failures} failed tasks without a refund")
+            if ledger_whole and stream.get(uid, 0) != quota:
+                problems.append(f"ledger stream sums to {stream.get(uid, 0)}, quota is {quota}")
+            rows.append({"user_id": uid, "username": user["username"], "quota": quota, "used_quota": used,
+                         "granted": granted, "charged": charged, "refunded": refunded,
+                         "ledger_stream_checked": ledger_whole, "ok": not problems, "problems": problems})
+        return rows
+
+
+def _xrange_all(r: Any, key: str, count: int = 10_000):
+    start = "-"
+    while True:
+        entries = r.xrange(key, min=start, count=count)
+        if not entries:
+            return
+        yield from entries
+        if len(entries) < count:
+            return
+        last = entries[-1][0].decode()
+        ms, seq = last.split("-")
+        start = f"{ms}-{int(seq) + 1}"
+
+
+def _chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _conflict(message: str) -> EngineError:
+    from .errors import Conflict
+
+    return Conflict(message)
+
+
+def _uid(value: Any, what: str = "user id") -> int:
+    try:
+        uid = int(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{what} must be an integer") from None
+    if uid < 1:
+        raise InvalidInput(f"{what} must be positive")
+    return uid
+
+
+def _quota(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > 10**15:
+        raise InvalidInput("quota must be a non-negative integer")
+    return value
+
+
+def _user_view(uid: int, h: dict) -> dict:
+    return {"id": uid, "username": _text(h[b"name"]), "role": int(h[b"role"]), "status": int(h[b"st"]),
+            "quota": int(h[b"quota"]), "used_quota": int(h[b"used"])}
