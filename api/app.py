@@ -20,7 +20,7 @@ from starlette.types import Scope
 from engine import Engine
 from engine.errors import EngineError, InvalidInput, NotFound, Unavailable
 
-from . import admin, devices, stacking
+from . import admin, devices, stacking, taskcenter
 from .batch import Batcher
 from .http import AccessLog, BodyLimit, JSON, access_log_enabled
 
@@ -29,6 +29,8 @@ log = logging.getLogger("taskhub.api")
 # Path prefix -> the contract whose envelope an error on that path uses.
 CONTRACTS = (
     *((prefix, devices.error_response) for prefix in devices.PREFIXES),
+    (taskcenter.SUNO_PREFIX, taskcenter.suno_error),
+    *((prefix, taskcenter.management_error) for prefix in taskcenter.MANAGEMENT_PREFIXES),
     ("/api/v1/", stacking.error_response),
 )
 
@@ -89,7 +91,7 @@ def create_app(engine: Engine | None = None, access_log: bool | None = None) -> 
     if access_log is None:
         access_log = access_log_enabled()
     app = Starlette(
-        routes=[*stacking.routes, *admin.routes, *devices.routes],
+        routes=[*stacking.routes, *admin.routes, *devices.routes, *taskcenter.routes],
         middleware=[*([Middleware(AccessLog)] if access_log else []),
                     Middleware(BodyLimit, render=render_error, bulk_prefixes=admin.BULK_PREFIXES)],
         exception_handlers={EngineError: on_engine_error, HTTPException: on_http_error, Exception: on_unexpected,
@@ -98,6 +100,7 @@ def create_app(engine: Engine | None = None, access_log: bool | None = None) -> 
     app.state.engine = engine or Engine.from_env()
     app.state.batch = Batcher(app.state.engine.core)
     app.state.device_batch = Batcher(app.state.engine.devices.core)
+    app.state.tasks_batch = Batcher(app.state.engine.tasks.core)
     return app
 
 

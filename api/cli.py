@@ -5,7 +5,9 @@ Process commands: ``redis`` (the embedded Redis, foreground), ``web``,
 the same Redis (``REDIS_URL`` or the embedded one): ``server ...``,
 ``import FILE.json``, ``request show|cancel``, ``task cancel``, ``folder release``
 (stacking); ``devices create|list|stats`` (device tasks, ``--json`` for
-scripts); ``agent --simulate N`` runs a simulated device agent over HTTP.
+scripts); ``agent --simulate N`` runs a simulated device agent over HTTP;
+``user``, ``channel``, ``price``, ``quota`` manage the task center and
+``sandbox`` runs a local suno-compatible platform (``--json`` everywhere).
 """
 from __future__ import annotations
 
@@ -284,6 +286,103 @@ def cmd_agent(args: argparse.Namespace) -> int:
                       max_s=args.max_seconds, fail_rate=args.fail_rate, prefix=args.prefix, agent=args.name)
 
 
+# ---- task center -------------------------------------------------------------------
+def _user_id(tasks: Any, who: str) -> int:
+    """A user given by id or by name."""
+    if who.isdigit():
+        return int(who)
+    for user in tasks.users():
+        if user["username"] == who:
+            return user["id"]
+    raise EngineError(f"no user named {who!r}")
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    tasks = _engine().tasks
+    if args.action == "create":
+        created = tasks.create_user(args.name, args.quota, args.role)
+        _show(args, created, [f"user {args.name}: id {created['id']}",
+                              f"access_token {created['access_token']}  (management API; shown once)",
+                              f"api_key      {created['api_key']}  (POST /suno/submit; shown once)"])
+    elif args.action == "list":
+        users = tasks.users()
+        _show(args, users, [f"{u['id']:>6} {u['username']:<20} role {u['role']:<3} "
+                            f"{'enabled' if u['status'] == 1 else 'disabled':<8} quota {u['quota']:>12} "
+                            f"used {u['used_quota']}" for u in users])
+    elif args.action in ("enable", "disable"):
+        uid = _user_id(tasks, args.user)
+        tasks.set_user(uid, status=f"{args.action}d")
+        _show(args, tasks.user(uid), [f"user {uid} {args.action}d"])
+    elif args.action == "token":
+        created = tasks.create_token(_user_id(tasks, args.user), args.name, args.quota)
+        _show(args, created, [f"api_key {created['api_key']}  (shown once)"])
+    return 0
+
+
+def cmd_channel(args: argparse.Namespace) -> int:
+    tasks = _engine().tasks
+    if args.action == "add":
+        cid = tasks.add_channel(args.platform, args.base_url, args.key, args.weight, True, args.name or "")
+        _show(args, {"id": cid}, [f"channel {cid} added"])
+    elif args.action == "list":
+        rows = [{"id": c.id, "platform": c.platform, "base_url": c.base_url, "weight": c.weight,
+                 "status": "enabled" if c.enabled else "disabled", "name": c.name} for c in tasks.channels()]
+        _show(args, rows, [f"{c['id']:>4} {c['platform']:<8} {c['status']:<8} w={c['weight']:<5} {c['base_url']}"
+                           f" {c['name']}" for c in rows])
+    elif args.action in ("enable", "disable"):
+        tasks.set_channel(int(args.id), enabled=args.action == "enable")
+        _show(args, {"id": int(args.id), "status": f"{args.action}d"}, [f"channel {args.id} {args.action}d"])
+    elif args.action == "delete":
+        tasks.delete_channel(int(args.id))
+        _show(args, {"id": int(args.id), "deleted": True},
+              [f"channel {args.id} deleted (its unfinished tasks fail and are refunded at the next poll)"])
+    return 0
+
+
+def cmd_price(args: argparse.Namespace) -> int:
+    tasks = _engine().tasks
+    if args.action == "set":
+        tasks.set_price(args.platform, args.act, args.quota)
+    prices = tasks.prices()
+    _show(args, prices, [f"{k:<16} {v}" for k, v in sorted(prices.items())])
+    return 0
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    tasks = _engine().tasks
+    if args.action == "grant":
+        uid = _user_id(tasks, args.user)
+        quota = tasks.grant(uid, args.amount)
+        _show(args, {"user_id": uid, "quota": quota}, [f"user {uid}: quota {quota}"])
+        return 0
+    rows = tasks.audit()
+    ok = all(r["ok"] for r in rows)
+    _show(args, {"ok": ok, "users": rows},
+          [f"{'ok ' if r['ok'] else 'BAD'} user {r['user_id']} {r['username']}: quota {r['quota']} = grants "
+           f"{r['granted']} - charges {r['charged']} + refunds {r['refunded']}; used {r['used_quota']}"
+           + ("" if r["ok"] else "; " + "; ".join(r["problems"])) for r in rows]
+          + [f"{len(rows)} users, {'all balance' if ok else 'NOT ALL BALANCE'}"
+             + ("" if not rows or rows[0]["ledger_stream_checked"] else " (ledger stream trimmed: totals only)")])
+    return 0 if ok else 1
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    """The local suno-compatible platform; registers itself as the suno channel when there is none."""
+    import uvicorn
+
+    from api.sandbox import create_sandbox_app
+
+    url = f"http://{args.host}:{args.port}"
+    if not args.no_register:
+        cid = _engine().tasks.add_channel("suno", url, args.key, 1, True, "sandbox", only_if_none=True)
+        what = f"registered as suno channel {cid}" if cid else "suno already has a channel; not registering"
+        print(f"sandbox: {what} ({url})", flush=True)
+    app = create_sandbox_app(duration_s=args.duration, fail_rate=args.fail_rate, error_rate=args.error_rate,
+                             key=args.key)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="taskhub", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -358,6 +457,68 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--max-seconds", type=float, default=10.0)
     agent.add_argument("--fail-rate", type=float, default=0.1)
     agent.set_defaults(func=cmd_agent)
+
+    user = sub.add_parser("user", help="task center users")
+    usub = user.add_subparsers(dest="action", required=True)
+    ucreate = usub.add_parser("create", help="create a user; prints id, access_token and a first api_key once")
+    ucreate.add_argument("name")
+    ucreate.add_argument("--quota", type=int, default=0)
+    ucreate.add_argument("--role", choices=["common", "admin", "root"], default="common")
+    ulist = usub.add_parser("list")
+    uen, udis = usub.add_parser("enable"), usub.add_parser("disable")
+    utoken = usub.add_parser("token", help="another API token (sk-...) for a user, optionally with its own quota")
+    for parser in (uen, udis, utoken):
+        parser.add_argument("user", help="user id or name")
+    utoken.add_argument("--name", default="")
+    utoken.add_argument("--quota", type=int, default=None, help="the token's own quota (default: unlimited)")
+    user.set_defaults(func=cmd_user)
+
+    chan = sub.add_parser("channel", help="task center upstream channels")
+    csub = chan.add_subparsers(dest="action", required=True)
+    cadd = csub.add_parser("add")
+    cadd.add_argument("--platform", default="suno")
+    cadd.add_argument("--base-url", required=True)
+    cadd.add_argument("--key", default="")
+    cadd.add_argument("--weight", type=int, default=1)
+    cadd.add_argument("--name", default="")
+    clist = csub.add_parser("list")
+    cparsers = [csub.add_parser(a) for a in ("enable", "disable", "delete")]
+    for parser in cparsers:
+        parser.add_argument("id")
+    chan.set_defaults(func=cmd_channel)
+
+    price = sub.add_parser("price", help="quota per platform and action")
+    psub = price.add_subparsers(dest="action", required=True)
+    pset = psub.add_parser("set")
+    pset.add_argument("platform")
+    pset.add_argument("act", metavar="action")
+    pset.add_argument("quota", type=int)
+    plist = psub.add_parser("list")
+    price.set_defaults(func=cmd_price)
+
+    quota = sub.add_parser("quota", help="grant quota; audit every user's balance against the ledger")
+    qsub = quota.add_subparsers(dest="action", required=True)
+    qgrant = qsub.add_parser("grant", help="add (negative: take back) quota")
+    qgrant.add_argument("user", help="user id or name")
+    qgrant.add_argument("amount", type=int)
+    qaudit = qsub.add_parser("audit", help="exit 1 when any user does not balance")
+    quota.set_defaults(func=cmd_quota)
+    for parser in (ucreate, ulist, uen, udis, utoken, cadd, clist, *cparsers, pset, plist, qgrant, qaudit):
+        parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    sandbox = sub.add_parser("sandbox", help="run a local suno-compatible platform (demo channel)")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=int(os.environ.get("TASKHUB_SANDBOX_PORT", "8100")))
+    sandbox.add_argument("--duration", type=float, default=float(os.environ.get("TASKHUB_SANDBOX_DURATION", "20")),
+                         help="seconds a job takes (default 20)")
+    sandbox.add_argument("--fail-rate", type=float,
+                         default=float(os.environ.get("TASKHUB_SANDBOX_FAIL_RATE", "0.1")))
+    sandbox.add_argument("--error-rate", type=float,
+                         default=float(os.environ.get("TASKHUB_SANDBOX_ERROR_RATE", "0")),
+                         help="share of submits answered 503 (to see retries)")
+    sandbox.add_argument("--key", default=os.environ.get("TASKHUB_SANDBOX_KEY", ""))
+    sandbox.add_argument("--no-register", action="store_true", help="do not register as the suno channel")
+    sandbox.set_defaults(func=cmd_sandbox)
     return p
 
 

@@ -520,8 +520,12 @@ class TaskCenter:
         return _text(reply[0])
 
     def take_polls(self, batch: int) -> list[tuple[int, int, str, str]]:
-        """Up to ``batch`` tasks due for a poll: (id, channel id, upstream id, ACTION)."""
-        reply = self.core.run("take_polls", [self.k.polls], batch, self.s.poll_interval_ms)
+        """Up to ``batch`` tasks due for a poll: (id, channel id, upstream id, ACTION).
+
+        Due = not polled for half the poll interval: the job runs once per interval, so each
+        task is asked about once per run, and never twice in one run (take_polls marks it).
+        """
+        reply = self.core.run("take_polls", [self.k.polls], batch, self.s.poll_interval_ms // 2)
         return [(int(r[0]), _int(r[1]), _text(r[2]), _text(r[3])) for r in reply]
 
     def apply(self, reports: Iterable[Report], actor: str = "poll") -> dict:

@@ -99,3 +99,127 @@ def run_device_retries(eng: Engine | None = None) -> dict:
     """Device auto-retry (TASKHUB_AUTO_RETRY=1): due failures back to pending, each once."""
     e = eng or engine()
     return _logged("run_device_retries", lambda: _until_done(e.devices.run_retries, lambda r: r["due_left"] > 0))
+
+
+# ---- task center ---------------------------------------------------------------------
+SUBMIT_BATCH = 100
+POLL_BATCH = 500
+FETCH_CHUNK = 100  # upstream ids per fetch call
+
+
+@lru_cache(maxsize=1)
+def platform_client():
+    from .upstream import PlatformClient
+
+    return PlatformClient(engine().tasks.s.upstream_timeout_s)
+
+
+def _concurrency() -> int:
+    import os
+
+    return max(1, int(os.environ.get("TASKHUB_UPSTREAM_CONCURRENCY", "8")))
+
+
+def _parallel(fn: Callable, items: list, workers: int) -> list:
+    if workers <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def enqueue_submit(connection) -> None:
+    """Enqueue one submit job now (the web process, when a submit found the queue empty)."""
+    from rq import Queue
+
+    Queue(QUEUE, connection=connection).enqueue(submit_tasks, job_timeout=600, result_ttl=60,
+                                                failure_ttl=3600)
+
+
+def submit_tasks(eng: Engine | None = None, client=None, workers: int | None = None) -> dict:
+    """Hand due NOT_START tasks to a channel of their platform (weighted, another channel on
+    each retry). Each task is leased first (claim-2), so copies of this job never submit one
+    task twice; the outcome is one script (submitted-1 or submit_error-1)."""
+    from engine.taskcenter import choose_channel
+
+    from .upstream import Permanent, Transient
+
+    e = eng or engine()
+    tc = e.tasks
+    http = client or platform_client()
+
+    def one(sub) -> str:
+        channels = [c for c in tc.channels(sub.platform)]
+        channel = choose_channel(channels, sub.tried)
+        if channel is None:
+            return tc.submit_failed(sub.id, None, f"no enabled channel for platform {sub.platform}", False)
+        try:
+            upstream_id = http.submit(channel, sub.action, sub.body)
+        except Transient as exc:
+            return tc.submit_failed(sub.id, channel.id, str(exc), False)
+        except Permanent as exc:
+            return tc.submit_failed(sub.id, channel.id, str(exc), True)
+        return "submitted" if tc.submitted(sub.id, channel.id, upstream_id) else "stale"
+
+    def step() -> dict:
+        subs = tc.claim_submissions(SUBMIT_BATCH)
+        counts = {"claimed": len(subs), "submitted": 0, "retry": 0, "failed": 0, "stale": 0}
+        for outcome in _parallel(one, subs, workers or _concurrency()):
+            counts[outcome] = counts.get(outcome, 0) + 1
+        return counts
+
+    return _logged("submit_tasks", lambda: _until_done(step, lambda r: r["claimed"] >= SUBMIT_BATCH))
+
+
+def poll_tasks(eng: Engine | None = None, client=None, workers: int | None = None) -> dict:
+    """Ask each channel about its unfinished tasks, least recently polled first, in batches of
+    ``FETCH_CHUNK`` per call, and apply the answers in one script per batch. A task whose
+    channel was deleted fails with its refund; an upstream error leaves tasks for the next pass."""
+    from engine.taskcenter import Report, map_report
+
+    from .upstream import UpstreamError
+
+    e = eng or engine()
+    tc = e.tasks
+    http = client or platform_client()
+
+    def batch(job: tuple) -> dict:
+        channel, chunk = job
+        try:
+            items = http.fetch(channel, [up for _, up in chunk])
+        except UpstreamError as exc:
+            log.warning("poll of channel %s failed, next pass retries: %s", channel.id, exc)
+            return {"upstream_errors": 1}
+        reports = [map_report(tid, items[up]) for tid, up in chunk if up in items]
+        return tc.apply(reports)
+
+    def step() -> dict:
+        due = tc.take_polls(POLL_BATCH)
+        channels = {c.id: c for c in tc.channels()}
+        groups: dict[int, list] = {}
+        gone: list[Report] = []
+        for tid, cid, up, _ in due:
+            if cid in channels:
+                groups.setdefault(cid, []).append((tid, up))
+            else:
+                gone.append(Report(tid, "FAILURE", "100%", f"channel {cid} was deleted", b""))
+        counts: dict[str, int] = {"polled": len(due)}
+        if gone:
+            for key, value in tc.apply(gone, actor="poll").items():
+                counts[key] = counts.get(key, 0) + value
+        jobs_ = [(channels[cid], group[i:i + FETCH_CHUNK]) for cid, group in groups.items()
+                 for i in range(0, len(group), FETCH_CHUNK)]
+        for result in _parallel(batch, jobs_, workers or _concurrency()):
+            for key, value in result.items():
+                counts[key] = counts.get(key, 0) + value
+        return counts
+
+    return _logged("poll_tasks", lambda: _until_done(step, lambda r: r["polled"] >= POLL_BATCH))
+
+
+def sweep_task_timeouts(eng: Engine | None = None) -> dict:
+    """Fail (and refund) tasks unfinished TASKHUB_TASK_TIMEOUT_MINUTES after submission; requeue
+    submissions whose submitter died."""
+    e = eng or engine()
+    return _logged("sweep_task_timeouts", lambda: _until_done(e.tasks.sweep, lambda r: r["timed_out_left"] > 0))

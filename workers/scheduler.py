@@ -7,6 +7,9 @@ nothing is due (stacking's sweep and retries, and the device contract's).
 Folder reassignment runs every ``TASKHUB_REASSIGN_INTERVAL`` (default 60 s;
 its threshold, ``TASKHUB_REASSIGN_AFTER``, is an hour by default), and so does
 the recovery of abandoned imports (threshold ``TASKHUB_IMPORT_STALE``, 600 s).
+Task center: submissions every ``TASKHUB_SUBMIT_INTERVAL`` (1 s; the web process
+also enqueues one at once when a submit finds the queue empty), upstream polls
+every ``TASKHUB_POLL_INTERVAL`` (15 s), timeouts with the sweeps.
 """
 from __future__ import annotations
 
@@ -30,4 +33,9 @@ def build(connection: redis.Redis) -> CronScheduler:
     reassign_every = int(os.environ.get("TASKHUB_REASSIGN_INTERVAL", "60"))
     scheduler.register(jobs.reassign_folders, jobs.QUEUE, interval=reassign_every, job_timeout=120, result_ttl=60)
     scheduler.register(jobs.recover_imports, jobs.QUEUE, interval=reassign_every, job_timeout=120, result_ttl=60)
+    submit_every = int(os.environ.get("TASKHUB_SUBMIT_INTERVAL", "1"))
+    poll_every = int(os.environ.get("TASKHUB_POLL_INTERVAL", "15"))
+    scheduler.register(jobs.submit_tasks, jobs.QUEUE, interval=submit_every, job_timeout=600, result_ttl=60)
+    scheduler.register(jobs.poll_tasks, jobs.QUEUE, interval=poll_every, job_timeout=600, result_ttl=60)
+    scheduler.register(jobs.sweep_task_timeouts, jobs.QUEUE, interval=sweep_every, job_timeout=120, result_ttl=60)
     return scheduler
