@@ -76,7 +76,7 @@ def running_system(tmp_path: Path, **settings: str):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update({"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "TASKHUB_VAR": str(tmp_path / "var"),
-                "TASKHUB_PORT": str(port), **settings})
+                "TASKHUB_PORT": str(port), "TASKHUB_SANDBOX_PORT": str(_free_port()), **settings})
     log = open(tmp_path / "honcho.log", "w")
     system = subprocess.Popen([str(BIN / "honcho"), "-f", str(REPO / "Procfile"), "-d", str(REPO), "start"],
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -11,7 +11,7 @@ CONTRACT_SCRIPTS = sorted(LUA_DIR.glob("*/*-*.lua"))
 
 
 def test_every_contract_has_scripts_and_no_script_sits_outside_a_contract_folder():
-    assert {p.parent.name for p in CONTRACT_SCRIPTS} == {"stacking", "devices"}
+    assert {p.parent.name for p in CONTRACT_SCRIPTS} == {"stacking", "devices", "tasks"}
     assert not list(LUA_DIR.glob("*.lua"))
     assert not list(LUA_DIR.glob("includes/*-*.lua"))
 
@@ -40,7 +40,7 @@ def test_includes_are_pasted_once():
 def test_shared_includes_name_no_contract():
     for path in (LUA_DIR / "includes").glob("*.lua"):
         text = path.read_text().lower()
-        for contract in ("stacking", "device", "folder", "serial", "server"):
+        for contract in ("stacking", "device", "folder", "serial", "server", "quota", "refund", "channel", "platform"):
             assert contract not in text, f"{path.name} mentions {contract!r}"
 
 
