@@ -433,3 +433,29 @@ def test_simulated_agent_killed_and_restarted_runs_1000_tasks_over_50_devices_on
                 ends[f[b"task"]] += 1
         assert len(starts) == 1000 and set(starts.values()) == {1}  # none run twice
         assert len(ends) == 1000 and set(ends.values()) == {1}
+
+
+def test_readme_task_center_walk_through_runs_as_written(tmp_path):
+    """The README's task-center `shell` blocks, run as written against the Procfile, whose
+    sandbox line registered itself as the suno channel (only the port and the sandbox's
+    pace differ: jobs of 3 s, polls every second, no random failures)."""
+    blocks = re.findall(r"```shell\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    assert len(blocks) == 2
+    with running_system(tmp_path, TASKHUB_SANDBOX_DURATION="3", TASKHUB_POLL_INTERVAL="1",
+                        TASKHUB_SANDBOX_FAIL_RATE="0") as (env, port, *_):
+        script = "set -eo pipefail\n" + "\n".join(blocks).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        out = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=90)
+    assert out.returncode == 0, out.stderr + out.stdout
+    docs, text, decoder = [], out.stdout, json.JSONDecoder()
+    for start in [m.start() for m in re.finditer(r'\{"(code|success)"', text)]:
+        docs.append(decoder.raw_decode(text[start:])[0])
+    submits = [d for d in docs if d.get("code") == "success"]
+    assert len(submits) == 2 and all(d["data"].startswith("task_") for d in submits)
+    selves = [d["data"] for d in docs if d.get("success") and "used_quota" in d.get("data", {})]
+    assert (selves[0]["quota"], selves[0]["used_quota"]) == (50_000, 100_000)  # both charged
+    assert (selves[-1]["quota"], selves[-1]["used_quota"]) == (100_000, 50_000)  # the failure refunded
+    failed = next(d["data"] for d in docs if d.get("success") and "items" in d.get("data", {}))
+    assert failed["total"] == 1 and failed["items"][0]["task_id"] == submits[1]["data"]
+    assert failed["items"][0]["fail_reason"] == "sandbox: the prompt asked to fail"
+    assert "1 users, all balance" in out.stdout
