@@ -86,3 +86,34 @@ def test_devices_create_list_stats_with_json_output(env, tmp_path, capsys):
     bad.write_text(json.dumps({"serials": ["p1"], "script_config": {}}))
     assert main(["devices", "create", str(bad)]) == 2
     assert "script_name" in capsys.readouterr().err
+
+
+def test_task_center_users_channels_prices_grants_and_the_audit(env, capsys):
+    assert main(["user", "create", "ana", "--quota", "100000", "--json"]) == 0
+    created = json.loads(capsys.readouterr().out)
+    assert set(created) == {"id", "access_token", "api_key"} and created["api_key"].startswith("sk-")
+    assert main(["user", "create", "ana", "--json"]) == 2  # names are unique
+    capsys.readouterr()
+    assert main(["user", "create", "root", "--role", "root"]) == 0
+    assert "shown once" in capsys.readouterr().out
+    assert main(["price", "set", "suno", "lyrics", "700", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["suno:LYRICS"] == 700
+    assert main(["channel", "add", "--base-url", "http://127.0.0.1:9", "--weight", "3", "--json"]) == 0
+    cid = json.loads(capsys.readouterr().out)["id"]
+    assert main(["channel", "disable", str(cid)]) == 0
+    capsys.readouterr()
+    assert main(["channel", "list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"id": cid, "platform": "suno", "base_url": "http://127.0.0.1:9",
+                                                    "weight": 3, "status": "disabled", "name": "suno"}]
+    assert main(["quota", "grant", "ana", "-50000", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"user_id": created["id"], "quota": 50_000}
+    env.tasks.submit(created["api_key"], "suno", "lyrics", {"prompt": "x"})
+    assert main(["user", "list", "--json"]) == 0
+    ana = next(u for u in json.loads(capsys.readouterr().out) if u["username"] == "ana")
+    assert (ana["quota"], ana["used_quota"]) == (49_300, 700)
+    assert main(["quota", "audit"]) == 0
+    assert "all balance" in capsys.readouterr().out
+    env.core.r.hincrby(env.tasks.k.user(created["id"]), "used", 1)  # a balance that no longer adds up
+    assert main(["quota", "audit", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and [u["ok"] for u in report["users"]] == [False, True]
