@@ -165,3 +165,35 @@ def test_the_web_serves_again_by_itself_once_redis_is_back(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_task_center_endpoints_answer_503_in_their_own_envelopes(tmp_path):
+    http = _app(redis.Redis(unix_socket_path=str(tmp_path / "gone.sock"), **CLIENT_OPTIONS))
+    submit = http.post("/suno/submit/music", json={"prompt": "x"}, headers={"Authorization": "Bearer sk-x"})
+    assert submit.status_code == 503 and submit.headers["retry-after"] == "1"
+    assert submit.json() == {"code": "unavailable", "message": "storage temporarily unavailable; retry shortly",
+                             "data": None}
+    for path in ("/api/user/self", "/api/task/self", "/api/task/"):
+        got = http.get(path, headers={"Authorization": "Bearer tok", "New-Api-User": "1"})
+        assert got.status_code == 503, path
+        assert got.json() == {"success": False, "message": "storage temporarily unavailable; retry shortly"}
+
+
+def test_a_task_list_that_fails_in_redis_is_a_500_failed_to_get_task_list(redis_client, monkeypatch):
+    """The spec's wording (the original hid such errors as an empty success)."""
+    from engine.calls import Call
+
+    engine = Engine(redis_client, Settings(namespace=f"tl{os.getpid()}"))
+    user = engine.tasks.create_user("admin", 0, "admin")
+    http = TestClient(create_app(engine, access_log=False), raise_server_exceptions=False)
+
+    def broken(*args, **kwargs):
+        def finish(replies):
+            raise redis.ConnectionError("connection reset while reading the list")
+        return Call([], finish)
+
+    monkeypatch.setattr(engine.tasks, "list_call", broken)
+    headers = {"Authorization": f"Bearer {user['access_token']}", "New-Api-User": str(user["id"])}
+    for path in ("/api/task/self", "/api/task/", "/api/task"):
+        got = http.get(path, headers=headers)
+        assert got.status_code == 500 and got.json() == {"success": False, "message": "failed to get task list"}
