@@ -249,7 +249,3 @@ class TaskCenterKeys(Keys):
 
     def cells(self, uid: int | str | None = None) -> str:
         return self._k("cells" if uid is None else f"cells:{uid}")
-
-    @property
-    def scratch(self) -> str:
-        return self._k("ix:scratch")

@@ -30,8 +30,8 @@ Decisions the spec leaves open, written down here:
 - **Listing**: every task is in one *cell* per combination of platform,
   action, status and channel, globally and per user (``engine/keys.py``), so
   any filter combination is a union of a few sorted sets: exact ``total`` by
-  ZCOUNT, first pages by merging their heads. Deep pages over several cells
-  cost O(matching tasks) (list-5.lua).
+  ZCOUNT, first pages by merging their heads, deep pages by a binary search on
+  the id (list-4.lua): bounded work at any depth, never a scan.
 - **Submission** is a periodic RQ job (and one kicked at once by the web
   process when the queue was empty) that leases due tasks, so a burst costs
   one job, not one forked work horse per task; a submitter that dies leaves a
@@ -220,7 +220,7 @@ def _word(params: dict, name: str) -> str:
 class ListQuery:
     page: int
     size: int
-    args: tuple  # ARGV[4..14] of list-5 after the user id
+    args: tuple  # ARGV[5..13] of list-4 after the user id
 
 
 def parse_list(params: dict, admin: bool) -> tuple[ListQuery, int | None]:
@@ -343,7 +343,7 @@ class TaskCenter:
             return {"items": items, "total": int(reply[0]), "page": query.page, "page_size": query.size}
 
         return Call([self.core.script(
-            "list", [k.cells(uid), k.index(uid), k.seconds, k.public_ids, k.scratch],
+            "list", [k.cells(uid), k.index(uid), k.seconds, k.public_ids],
             "" if uid is None else uid, *query.args, "1" if admin else "0")], finish)
 
     def list(self, params: dict | None = None, user_id: int | None = None, admin: bool = True) -> dict:

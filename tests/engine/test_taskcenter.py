@@ -316,3 +316,46 @@ def test_1000_failures_with_two_pollers_the_sweep_and_duplicate_jobs_are_refunde
     for u in users:
         assert tc.user(u["id"]) | {} == {**tc.user(u["id"]), "quota": 300 * MUSIC, "used_quota": 0}
     assert all(row["ok"] and row["ledger_stream_checked"] for row in tc.audit())
+
+
+def test_every_page_at_any_depth_equals_a_brute_force_listing(engine, clock):
+    """2,400 tasks over 2 users, 2 actions, 3 channels and several statuses: pages deep enough
+    to take the binary-search path (offset + size > 2,000) agree with a listing computed in Python."""
+    tc = engine.tasks
+    users = [tc.create_user(f"p{i}", 10**12) for i in range(2)]
+    calls, truth = [], []
+    for i in range(2400):
+        u = users[i % 2]
+        calls.append(tc.submit_call(u["api_key"], "suno", "music" if i % 3 else "lyrics", {"prompt": str(i)}))
+        if i % 400 == 0:
+            clock.advance(3600)
+    for ok, _ in tc.core.call_many(calls):
+        assert ok
+    rng = random.Random(5)
+    while subs := tc.claim_submissions(1000):
+        for s in subs:
+            tc.submitted(s.id, rng.choice([1, 2, 3]), f"up-{s.id}")
+    reports = [map_report(i, {"status": rng.choice(["SUCCESS", "FAILURE", "QUEUED", "IN_PROGRESS"])})
+               for i in range(1, 2401) if i % 7]
+    for i in range(0, len(reports), 500):
+        tc.apply(reports[i:i + 500])
+    r = engine.core.r
+    for tid in range(1, 2401):
+        f = r.hmget(tc.k.task(tid), "u", "ac", "st", "ch", "sbt")
+        truth.append((tid, int(f[0]), f[1].decode(), f[2].decode(), int(f[3]), int(f[4])))
+    mid = truth[1200][5]
+    cases = [({}, None), ({"status": "SUCCESS"}, None), ({"action": "music", "channel_id": "2"}, None),
+             ({"start_timestamp": str(mid)}, None), ({"status": "FAILURE", "end_timestamp": str(mid)}, None),
+             ({"action": "MUSIC"}, users[1]["id"]), ({"platform": "suno"}, None),  # deep: binary search
+             ({"platform": "suno", "end_timestamp": str(truth[2300][5])}, None)]
+    for params, uid in cases:
+        assert params.get("platform", "suno") == "suno"
+        want = [t for t in truth if (uid is None or t[1] == uid)
+                and params.get("status", t[3]) == t[3] and params.get("action", t[2]).upper() == t[2]
+                and int(params.get("channel_id", t[4])) == t[4]
+                and int(params.get("start_timestamp", 0)) <= t[5] <= int(params.get("end_timestamp", 10**12))]
+        want_ids = [t[0] for t in sorted(want, reverse=True)]
+        for page, size in ((1, 20), (2, 100), (11, 100), (21, 100), (16, 100), (len(want_ids) // 37 + 1, 37)):
+            got = tc.list({**params, "p": page, "page_size": size}, user_id=uid, admin=uid is None)
+            assert got["total"] == len(want_ids), params
+            assert [t["id"] for t in got["items"]] == want_ids[(page - 1) * size:page * size], (params, page, size)

@@ -17,5 +17,6 @@ local f = redis.call('HMGET', K .. 't:' .. id, unpack(LIVE))
 if f[1] ~= 'NOT_START' then return {'stale', f[1] or ''} end
 redis.call('ZREM', KEYS[1], id)
 move(id, f, 'SUBMITTED', ch, 'submit', {'ch', ch, 'up', ARGV[6], 'pg', '10%'})
+redis.call('HDEL', K .. 't:' .. id, 'body', 'le')  -- the platform has the request now
 redis.call('ZADD', K .. 'poll', NOW, id)
 return {'ok'}

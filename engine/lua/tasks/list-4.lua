@@ -1,16 +1,18 @@
---[[ list-5: one page of tasks, newest (highest id) first, with the exact total; read only.
+--[[ list-4: one page of tasks, newest (highest id) first, with the exact total; read only.
 
 Filters: user (the /self caller, or the admin's user_id), platform, action,
 status, channel, public task id, and submit time [start, end] (inclusive,
-seconds). The time filter becomes an id range through `secs` (submit times
-never decrease with ids: submit-4). With no platform/action/status/channel
-filter the source is ix:all or ix:u:<uid>; otherwise the union of the
-matching cells (global, or the user's). Total = sum of ZCOUNT over the
-sources; the page = merge of each source's first offset+size ids, or, for a
-deep page (offset+size > 2000) over several cells, a ZUNIONSTORE into the
-scratch key (deleted before returning): the one cost that grows with the data.
-KEYS[1] registry (cells | cells:<uid>)  KEYS[2] ix:all | ix:u:<uid>  KEYS[3] secs
-KEYS[4] pub  KEYS[5] scratch
+seconds). The time filter becomes an id range [lo, hi] through `secs` (submit
+times never decrease with ids: submit-4). With no platform/action/status/
+channel filter the source is ix:all or ix:u:<uid>; otherwise the union of the
+matching cells (global, or the user's): each task is in exactly one cell, so
+the total is the sum of their ZCOUNTs. Bounded at any depth:
+- one source: by rank (count above hi, plus the offset): O(log N + size);
+- several: the first pages merge each source's first offset+size ids; a deep
+  page finds the (offset+1)-th id by binary search on the id with ZCOUNT
+  (about 2 log2(N) probes of one ZCOUNT per cell), then merges `size` ids
+  from each source below it.
+KEYS[1] registry (cells | cells:<uid>)  KEYS[2] ix:all | ix:u:<uid>  KEYS[3] secs  KEYS[4] pub
 ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] uid ('' = every user)
 ARGV[5] platform  ARGV[6] ACTION  ARGV[7] status  ARGV[8] channel id  ARGV[9] public task id
 ARGV[10] start s  ARGV[11] end s  ('' = no filter, for ARGV[5..11])
@@ -75,23 +77,47 @@ for _, src in ipairs(srcs) do total = total + redis.call('ZCOUNT', src, lo, hi) 
 local out = {total}
 if total == 0 or off >= total then return out end
 
-local ids
-if #srcs == 1 then
-  ids = redis.call('ZREVRANGEBYSCORE', srcs[1], hi, lo, 'LIMIT', off, size)
-elseif off + size > DEEP then
-  redis.call('ZUNIONSTORE', KEYS[5], #srcs, unpack(srcs))
-  ids = redis.call('ZREVRANGEBYSCORE', KEYS[5], hi, lo, 'LIMIT', off, size)
-  redis.call('DEL', KEYS[5])
-else
+local function merge(top, limit)
+  -- the `limit` highest ids <= top over every source, highest first
   local all = {}
   for _, src in ipairs(srcs) do
-    for _, id in ipairs(redis.call('ZREVRANGEBYSCORE', src, hi, lo, 'LIMIT', 0, off + size)) do
+    for _, id in ipairs(redis.call('ZREVRANGEBYSCORE', src, top, lo, 'LIMIT', 0, limit)) do
       all[#all + 1] = tonumber(id)
     end
   end
   table.sort(all, function(x, y) return x > y end)
-  ids = {}
+  return all
+end
+
+local ids = {}
+if #srcs == 1 then
+  local above = hi == '+inf' and 0 or redis.call('ZCOUNT', srcs[1], '(' .. hi, '+inf')
+  local first = above + off
+  local last = above + math.min(off + size, total) - 1
+  ids = redis.call('ZREVRANGE', srcs[1], first, last)
+elseif off + size <= DEEP then
+  local all = merge(hi, off + size)
   for i = off + 1, math.min(off + size, #all) do ids[#ids + 1] = all[i] end
+else
+  -- the (off+1)-th highest id: the largest x with count(ids in [x, hi]) >= off + 1
+  local function count_from(x)
+    local n = 0
+    for _, src in ipairs(srcs) do n = n + redis.call('ZCOUNT', src, x, hi) end
+    return n
+  end
+  local floor = lo == '-inf' and 0 or tonumber(lo)
+  local ceil = floor
+  for _, src in ipairs(srcs) do
+    local top = redis.call('ZREVRANGEBYSCORE', src, hi, lo, 'WITHSCORES', 'LIMIT', 0, 1)
+    if #top > 0 and tonumber(top[2]) > ceil then ceil = tonumber(top[2]) end
+  end
+  local a, b = floor, ceil  -- count_from(a) >= off + 1 (a <= every id in range)
+  while a < b do
+    local mid = math.floor((a + b + 1) / 2)
+    if count_from(mid) >= off + 1 then a = mid else b = mid - 1 end
+  end
+  local all = merge(a, size)
+  for i = 1, math.min(size, #all) do ids[#ids + 1] = all[i] end
 end
 for _, id in ipairs(ids) do out[#out + 1] = out_record(id) end
 return out
