@@ -95,6 +95,16 @@ def new_secret(prefix: str, n: int) -> str:
     return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(n))
 
 
+# Public task ids need to be unique and unguessable, not uniform: each random byte maps to
+# one of the 62 characters (a slight bias, ~190 bits of entropy in 32 characters), in one
+# C call instead of 32 calls of secrets.choice (a tenth of a submit's Python time).
+_ID_TABLE = bytes((_ALPHABET.encode()[i % len(_ALPHABET)]) for i in range(256))
+
+
+def new_task_id() -> str:
+    return "task_" + secrets.token_bytes(32).translate(_ID_TABLE).decode()
+
+
 def _refused(code: str, message: str, cls: type[EngineError] = Forbidden) -> EngineError:
     exc = cls(message)
     exc.code = code
@@ -262,7 +272,7 @@ class TaskCenter:
             raise InvalidInput("the JSON body must be an object")
         prompt = body.get("prompt") or body.get("gpt_description_prompt") or ""
         props = orjson.dumps({"input": str(prompt)[:2000]})
-        public = new_secret("task_", 32)
+        public = new_task_id()
         digest = token_hash(api_token)
         k = self.k
 
