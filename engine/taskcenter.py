@@ -35,7 +35,10 @@ Decisions the spec leaves open, written down here:
 - **Submission** is a periodic RQ job (and one kicked at once by the web
   process when the queue was empty) that leases due tasks, so a burst costs
   one job, not one forked work horse per task; a submitter that dies leaves a
-  lease that lapses back to the queue.
+  lease that lapses back to the queue. That lapsed try counts as one of the
+  task's 1 + ``TASKHUB_SUBMIT_RETRIES`` attempts: the request may have reached
+  the platform before the submitter died, and a task whose submitters keep
+  dying must still end (failed and refunded) rather than loop.
 - ``action`` is matched case-insensitively (stored upper-case); ``p`` below
   1 becomes 1 and ``page_size`` is clamped to 1..100; a value that is not a
   number is refused (400), as is an unknown status.
