@@ -287,16 +287,6 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 
 # ---- task center -------------------------------------------------------------------
-def _user_id(tasks: Any, who: str) -> int:
-    """A user given by id or by name."""
-    if who.isdigit():
-        return int(who)
-    for user in tasks.users():
-        if user["username"] == who:
-            return user["id"]
-    raise EngineError(f"no user named {who!r}")
-
-
 def cmd_user(args: argparse.Namespace) -> int:
     tasks = _engine().tasks
     if args.action == "create":
@@ -310,11 +300,11 @@ def cmd_user(args: argparse.Namespace) -> int:
                             f"{'enabled' if u['status'] == 1 else 'disabled':<8} quota {u['quota']:>12} "
                             f"used {u['used_quota']}" for u in users])
     elif args.action in ("enable", "disable"):
-        uid = _user_id(tasks, args.user)
+        uid = tasks.user_id(args.user)
         tasks.set_user(uid, status=f"{args.action}d")
         _show(args, tasks.user(uid), [f"user {uid} {args.action}d"])
     elif args.action == "token":
-        created = tasks.create_token(_user_id(tasks, args.user), args.name, args.quota)
+        created = tasks.create_token(tasks.user_id(args.user), args.name, args.quota)
         _show(args, created, [f"api_key {created['api_key']}  (shown once)"])
     return 0
 
@@ -325,8 +315,7 @@ def cmd_channel(args: argparse.Namespace) -> int:
         cid = tasks.add_channel(args.platform, args.base_url, args.key, args.weight, True, args.name or "")
         _show(args, {"id": cid}, [f"channel {cid} added"])
     elif args.action == "list":
-        rows = [{"id": c.id, "platform": c.platform, "base_url": c.base_url, "weight": c.weight,
-                 "status": "enabled" if c.enabled else "disabled", "name": c.name} for c in tasks.channels()]
+        rows = tasks.channel_views()
         _show(args, rows, [f"{c['id']:>4} {c['platform']:<8} {c['status']:<8} w={c['weight']:<5} {c['base_url']}"
                            f" {c['name']}" for c in rows])
     elif args.action in ("enable", "disable"):
@@ -351,7 +340,7 @@ def cmd_price(args: argparse.Namespace) -> int:
 def cmd_quota(args: argparse.Namespace) -> int:
     tasks = _engine().tasks
     if args.action == "grant":
-        uid = _user_id(tasks, args.user)
+        uid = tasks.user_id(args.user)
         quota = tasks.grant(uid, args.amount)
         _show(args, {"user_id": uid, "quota": quota}, [f"user {uid}: quota {quota}"])
         return 0

@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from engine.calls import Call
 from engine.errors import EngineError, Forbidden, InvalidInput, NotFound, Unavailable
-from engine.taskcenter import NotSignedIn, TaskCenter
+from engine.taskcenter import NotSignedIn, TaskCenter, bearer_value
 
 from .admin import _operator
 from .http import JSON, PayloadTooLarge, read_json
@@ -90,9 +90,7 @@ async def _run(request: Request, call: Call) -> Any:
 
 
 def _api_token(request: Request) -> str:
-    given = request.headers.get("authorization", "").strip()
-    if given[:7].lower() == "bearer ":
-        given = given[7:].strip()
+    given = bearer_value(request.headers.get("authorization"))
     if not given:
         raise NotSignedIn("an API token is required: Authorization: Bearer sk-...")
     request.state.caller = "api-token"
@@ -223,13 +221,8 @@ async def create_token(request: Request) -> JSON:
     return _admin_ok(created, 201)
 
 
-def _channel_view(c: Any) -> dict:
-    return {"id": c.id, "platform": c.platform, "base_url": c.base_url, "weight": c.weight,
-            "status": "enabled" if c.enabled else "disabled", "name": c.name}
-
-
 async def list_channels(request: Request) -> JSON:
-    return _admin_ok([_channel_view(c) for c in _operator(request).tasks.channels()])
+    return _admin_ok(_operator(request).tasks.channel_views())
 
 
 async def add_channel(request: Request) -> JSON:

@@ -56,7 +56,7 @@ import orjson
 
 from .calls import Call
 from .core import Core
-from .errors import EngineError, Forbidden, InvalidInput, NotFound, raise_for
+from .errors import Conflict, EngineError, Forbidden, InvalidInput, NotFound, raise_for
 
 STATUSES = ("NOT_START", "SUBMITTED", "QUEUED", "IN_PROGRESS", "SUCCESS", "FAILURE", "UNKNOWN")
 TERMINAL = ("SUCCESS", "FAILURE")
@@ -86,8 +86,27 @@ class Disabled(Forbidden):
     code = "user_disabled"
 
 
+class TokenDisabled(Forbidden):
+    code = "token_disabled"
+
+
 class InsufficientQuota(Forbidden):
     code = "insufficient_user_quota"
+
+
+class InsufficientTokenQuota(InsufficientQuota):
+    code = "insufficient_token_quota"
+
+
+class RoleTooLow(Forbidden):
+    code = "forbidden"
+
+
+def bearer_value(header: str | None) -> str:
+    """The value of an ``Authorization``-style header, with or without its ``Bearer `` prefix
+    (the seed's clients send both, even in ``New-Api-User``)."""
+    value = (header or "").strip()
+    return value[7:].strip() if value[:7].lower() == "bearer " else value
 
 
 def token_hash(token: str) -> str:
@@ -108,22 +127,14 @@ def new_task_id() -> str:
     return "task_" + secrets.token_bytes(32).translate(_ID_TABLE).decode()
 
 
-def _refused(code: str, message: str, cls: type[EngineError] = Forbidden) -> EngineError:
-    exc = cls(message)
-    exc.code = code
-    return exc
-
-
 REFUSALS = {
     "invalid_token": lambda d: NotSignedIn("invalid API token (Authorization: Bearer sk-...)"),
-    "token_disabled": lambda d: _refused("token_disabled", "this API token is disabled"),
+    "token_disabled": lambda d: TokenDisabled("this API token is disabled"),
     "user_disabled": lambda d: Disabled("this user is disabled"),
-    "insufficient_user_quota": lambda d: _refused(
-        "insufficient_user_quota", f"user quota is not enough: {d[0]} left, this task costs {d[1]}",
-        InsufficientQuota),
-    "insufficient_token_quota": lambda d: _refused(
-        "insufficient_token_quota", f"API token quota is not enough: {d[0]} left, this task costs {d[1]}",
-        InsufficientQuota),
+    "insufficient_user_quota": lambda d: InsufficientQuota(
+        f"user quota is not enough: {d[0]} left, this task costs {d[1]}"),
+    "insufficient_token_quota": lambda d: InsufficientTokenQuota(
+        f"API token quota is not enough: {d[0]} left, this task costs {d[1]}"),
     "insufficient": lambda d: InvalidInput(f"quota would go below zero (it is {d[0]})"),
     "not_found": lambda d: NotFound("not found"),
 }
@@ -316,9 +327,7 @@ class TaskCenter:
     # ---- management API (access token + New-Api-User) ----------------------------------
     def whoami_call(self, authorization: str | None, api_user: str | None, min_role: int) -> Call:
         """Who the caller is, checked in the spec's order; the user's own fields as the result."""
-        token = (authorization or "").strip()
-        if token[:7].lower() == "bearer ":
-            token = token[7:].strip()
+        token = bearer_value(authorization)
         if not token:
             raise NotSignedIn("not signed in: no access token (Authorization: Bearer <access_token>)")
 
@@ -326,9 +335,7 @@ class TaskCenter:
             reply = raise_for(replies[0], refusals={
                 "invalid_token": lambda d: NotSignedIn("not signed in: invalid access token")})
             uid, name, role, status, quota, used = reply[1:7]
-            header = (api_user or "").strip()
-            if header[:7].lower() == "bearer ":  # the seed's own example sends "Bearer <id>"
-                header = header[7:].strip()
+            header = bearer_value(api_user)  # the seed's own example sends "Bearer <id>"
             if not header:
                 raise NotSignedIn("New-Api-User header not provided")
             if not header.lstrip("-").isdigit():
@@ -338,7 +345,7 @@ class TaskCenter:
             if _text(status) != ENABLED:
                 raise Disabled("this user is disabled")
             if int(role) < min_role:
-                raise _refused("forbidden", "insufficient privileges: this needs an admin user")
+                raise RoleTooLow("insufficient privileges: this needs an admin user")
             return {"id": int(uid), "username": _text(name), "role": int(role), "status": int(status),
                     "quota": int(quota), "used_quota": int(used)}
 
@@ -389,7 +396,7 @@ class TaskCenter:
         k = self.k
         reply = self.core.run("create_user", [k.user_seq, k.user_names, k.access_tokens], name, level, quota,
                               token_hash(access), token_hash(api_key))
-        raise_for(reply, "user", refusals={"exists": lambda d: _conflict(f"user '{d[0]}' already exists")})
+        raise_for(reply, "user", refusals={"exists": lambda d: Conflict(f"user '{d[0]}' already exists")})
         return {"id": int(reply[1]), "access_token": access, "api_key": api_key}
 
     def create_token(self, user_id: int, name: str = "", quota: int | None = None) -> dict:
@@ -434,6 +441,15 @@ class TaskCenter:
         if not h:
             raise NotFound("user not found")
         return _user_view(uid, h)
+
+    def user_id(self, who: str | int) -> int:
+        """A user given by id or by name (operators type names)."""
+        if isinstance(who, int) or str(who).isdigit():
+            return _uid(who)
+        uid = self.core.r.hget(self.k.user_names, str(who))
+        if uid is None:
+            raise NotFound(f"no user named {who!r}")
+        return int(uid)
 
     def users(self) -> list[dict]:
         names = self.core.r.hgetall(self.k.user_names)
@@ -496,6 +512,11 @@ class TaskCenter:
             out.append(Channel(cid, _text(h[b"pf"]), _text(h[b"url"]), _text(h.get(b"key", b"")),
                                int(h.get(b"w", 1)), _text(h.get(b"st", b"1")) == ENABLED, _text(h.get(b"name", b""))))
         return out
+
+    def channel_views(self) -> list[dict]:
+        """Channels as operators see them (never their key)."""
+        return [{"id": c.id, "platform": c.platform, "base_url": c.base_url, "weight": c.weight,
+                 "status": "enabled" if c.enabled else "disabled", "name": c.name} for c in self.channels()]
 
     def set_price(self, platform: str, action: str, quota: int) -> None:
         platform, act = (platform or "").lower(), (action or "").upper()
@@ -621,12 +642,6 @@ def _xrange_all(r: Any, key: str, count: int = 10_000):
 def _chunks(items: list, n: int):
     for i in range(0, len(items), n):
         yield items[i:i + n]
-
-
-def _conflict(message: str) -> EngineError:
-    from .errors import Conflict
-
-    return Conflict(message)
 
 
 def _uid(value: Any, what: str = "user id") -> int:

@@ -99,6 +99,14 @@ def running_system(tmp_path: Path, **settings: str):
         kill_servers_of(tmp_path / "var")
 
 
+def _run_blocks(blocks: list[str], cwd: Path, env: dict, address: str, ours: str,
+                timeout: float) -> subprocess.CompletedProcess:
+    """README shell blocks as one ``bash -e`` script, the documented address swapped for ours."""
+    script = "set -eo pipefail\n" + "\n".join(blocks).replace(address, ours)
+    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def test_readme_walk_through_runs_as_written(tmp_path):
     """Every shell block of the README after the two install commands, run with bash -e
     against a running system (only the port differs: a free one instead of 8000)."""
@@ -106,9 +114,7 @@ def test_readme_walk_through_runs_as_written(tmp_path):
     assert len(blocks) >= 2
     shutil.copytree(REPO / "examples", tmp_path / "examples")
     with running_system(tmp_path) as (env, port, *_):
-        script = "set -eo pipefail\n" + "\n".join(blocks).replace("localhost:8000", f"localhost:{port}")
-        out = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=60)
+        out = _run_blocks(blocks, tmp_path, env, "localhost:8000", f"localhost:{port}", timeout=60)
     assert out.returncode == 0, out.stderr
     assert '"ready":true' in out.stdout and '"connect_links":[' in out.stdout
     assert '"status":"completed"' in out.stdout.rsplit('"progress"', 1)[0][-400:]
@@ -374,9 +380,7 @@ def test_readme_device_walk_through_runs_as_written(tmp_path):
     with running_system(tmp_path) as (env, port, *_):
         agent = _agent(env, *agent_args)
         try:
-            script = "set -eo pipefail\n" + "\n".join(blocks[1:]).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-            out = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                                 timeout=60)
+            out = _run_blocks(blocks[1:], tmp_path, env, "127.0.0.1:8000", f"127.0.0.1:{port}", timeout=60)
         finally:
             _stop(agent)
     assert out.returncode == 0, out.stderr
@@ -443,9 +447,7 @@ def test_readme_task_center_walk_through_runs_as_written(tmp_path):
     assert len(blocks) == 2
     with running_system(tmp_path, TASKHUB_SANDBOX_DURATION="3", TASKHUB_POLL_INTERVAL="1",
                         TASKHUB_SANDBOX_FAIL_RATE="0") as (env, port, *_):
-        script = "set -eo pipefail\n" + "\n".join(blocks).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
-        out = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=90)
+        out = _run_blocks(blocks, tmp_path, env, "127.0.0.1:8000", f"127.0.0.1:{port}", timeout=90)
     assert out.returncode == 0, out.stderr + out.stdout
     docs, text, decoder = [], out.stdout, json.JSONDecoder()
     for start in [m.start() for m in re.finditer(r'\{"(code|success)"', text)]:

@@ -11,13 +11,9 @@ Events: none (NOT_START until submitted-1 or submit_error-1).
 ]]
 local K, NOW, MAXLEN = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 -- @include center
--- @include leases
 
 local batch, lease = tonumber(ARGV[4]), tonumber(ARGV[5])
-sweep_lapsed(KEYS[2], batch, function(id)
-  if redis.call('HGET', K .. 't:' .. id, 'st') == 'NOT_START' then redis.call('ZADD', KEYS[1], NOW, id) end
-  return nil
-end)
+requeue_lapsed(batch)
 local ids = {}
 if #ARGV >= 6 then
   for i = 6, #ARGV do

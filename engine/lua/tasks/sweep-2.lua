@@ -8,13 +8,9 @@ Events: one per task failed.
 ]]
 local K, NOW, MAXLEN = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 -- @include center
--- @include leases
 
 local batch, cutoff = tonumber(ARGV[5]), NOW - tonumber(ARGV[4])
-local _, requeued = sweep_lapsed(KEYS[2], batch, function(id)
-  if redis.call('HGET', K .. 't:' .. id, 'st') == 'NOT_START' then redis.call('ZADD', K .. 'q', NOW, id) end
-  return nil
-end)
+local requeued = requeue_lapsed(batch)
 local timed_out = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff, 'LIMIT', 0, batch)) do
   if fail_task(id, 'task timed out after ' .. ARGV[6] .. ' minutes', 'sweep') then

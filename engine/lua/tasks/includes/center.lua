@@ -3,6 +3,7 @@
 -- Derived keys: t:<id>, u:<uid>, k:<token>, cg:<cell>, cu:<uid>:<cell>, cells,
 -- cells:<uid>, ledger, meta, stats, events, active, poll, q, lease:claim.
 -- @include status
+-- @include leases
 
 local NOW_S = math.floor(NOW / 1000)
 local TERMINAL = {SUCCESS = true, FAILURE = true}
@@ -83,6 +84,16 @@ local function fail_task(id, reason, actor)
     ledger(f[2], id, q, 'refund')
   end
   return true
+end
+
+-- Submissions whose submitter died (lease lapsed) go back to the queue, due now;
+-- at most `batch` of them. Returns how many were visited.
+local function requeue_lapsed(batch)
+  local visited = sweep_lapsed(K .. 'lease:claim', batch, function(id)
+    if redis.call('HGET', K .. 't:' .. id, 'st') == 'NOT_START' then redis.call('ZADD', K .. 'q', NOW, id) end
+    return nil
+  end)
+  return visited
 end
 
 -- SUCCESS keeps the charge. Returns false when gone or already terminal.
