@@ -20,7 +20,7 @@ from starlette.types import Scope
 from engine import Engine
 from engine.errors import EngineError, InvalidInput, NotFound, Unavailable
 
-from . import admin, devices, stacking, taskcenter
+from . import admin, dashboard, devices, metrics, openapi, stacking, taskcenter
 from .batch import Batcher
 from .http import AccessLog, BodyLimit, JSON, access_log_enabled
 
@@ -91,8 +91,9 @@ def create_app(engine: Engine | None = None, access_log: bool | None = None) -> 
     if access_log is None:
         access_log = access_log_enabled()
     app = Starlette(
-        routes=[*stacking.routes, *admin.routes, *devices.routes, *taskcenter.routes],
-        middleware=[*([Middleware(AccessLog)] if access_log else []),
+        routes=[*stacking.routes, *admin.routes, *devices.routes, *taskcenter.routes,
+                *openapi.routes, *metrics.routes, *dashboard.routes],
+        middleware=[*metrics.middleware(), *([Middleware(AccessLog)] if access_log else []),
                     Middleware(BodyLimit, render=render_error, bulk_prefixes=admin.BULK_PREFIXES)],
         exception_handlers={EngineError: on_engine_error, HTTPException: on_http_error, Exception: on_unexpected,
                             **{cls: on_redis_unavailable for cls in REDIS_UNAVAILABLE}},
