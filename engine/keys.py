@@ -247,5 +247,9 @@ class TaskCenterKeys(Keys):
     def index(self, uid: int | str | None = None) -> str:
         return self._k("ix:all" if uid is None else f"ix:u:{uid}")
 
+    def cell(self, name: str) -> str:
+        """One global cell (``<pf>|<AC>|<ST>|<ch>``, as listed in ``cells``): its tasks by id."""
+        return self._k(f"cg:{name}")
+
     def cells(self, uid: int | str | None = None) -> str:
         return self._k("cells" if uid is None else f"cells:{uid}")
