@@ -119,9 +119,17 @@ class Overview:
                              "total_tasks": total_n, "open_tasks": open_n, "done_tasks": total_n - open_n,
                              "folder_count": int(nf or 0), "folders": folders,
                              "folders_shown": len(folders)})
+        servers = self._servers(now)
+        names = {s["id"]: s["name"] for s in servers}
+        for r in requests:
+            for f in r["folders"]:
+                f["server_name"] = names.get(f["server_id"] or "", f["server_id"])
+        failures = self._failures({"stacking": ev_s, "devices": ev_d, "tasks": ev_t}, now)
+        for f in failures:
+            f["by"] = names.get(f["by"], f["by"])  # a stacking worker is named, not its id
         return {
             "now_ms": now,
-            "servers": self._servers(now),
+            "servers": servers,
             "stacking": {"stats": _counts(st_s), "requests": requests},
             "devices": {"stats": {DEVICE_STATUS.get(k, k): v for k, v in _counts(st_d).items()},
                         "active_serials": len(active),
@@ -129,7 +137,7 @@ class Overview:
                                     for j, s in enumerate(serials)]},
             "tasks": {"stats": _counts(st_t), "waiting_for_submission": tc_queue, "submitting": tc_leased,
                       "backlog": self._backlog(cells, cell_counts), "refunds": self._refunds(ledger, now)},
-            "failures": self._failures({"stacking": ev_s, "devices": ev_d, "tasks": ev_t}, now),
+            "failures": failures,
             "chart": self._chart({"stacking": ev_s, "devices": ev_d, "tasks": ev_t}, now),
         }
 
@@ -198,8 +206,10 @@ class Overview:
             for _id, f in entries:
                 to = _s(f.get(b"to"))
                 if to in FAILED[contract]:
-                    rows.append({"contract": contract, "task": _s(f.get(b"task")), "from": _s(f.get(b"from")),
-                                 "to": DEVICE_STATUS.get(to, to) if contract == "devices" else to,
+                    frm = _s(f.get(b"from"))
+                    if contract == "devices":
+                        frm, to = DEVICE_STATUS.get(frm, frm), DEVICE_STATUS.get(to, to)
+                    rows.append({"contract": contract, "task": _s(f.get(b"task")), "from": frm, "to": to,
                                  "by": _s(f.get(b"by")), "at": _i(f.get(b"at"))})
                     n += 1
                     if n == RECENT:
