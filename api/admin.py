@@ -25,6 +25,14 @@ def _operator(request: Request):
 
 
 async def create_server(request: Request) -> JSON:
+    """Create a stacking server; its API key is returned once.
+    ---
+    auth: admin
+    body: ServerCreate
+    status: 201
+    data: ServerCreated
+    errors: [409]
+    """
     eng = _operator(request)
     body = await read_json(request)
     created = eng.servers.create(body.get("name"), body.get("services"), body.get("max_threads", 10))
@@ -32,14 +40,32 @@ async def create_server(request: Request) -> JSON:
 
 
 async def list_servers(request: Request) -> JSON:
+    """Every server with its status, last heartbeat, active tasks and free slots.
+    ---
+    auth: admin
+    data: {type: array, items: {$ref: Server}}
+    """
     return JSON({"success": True, "data": _operator(request).servers.list()})
 
 
 async def get_server(request: Request) -> JSON:
+    """One server.
+    ---
+    auth: admin
+    data: Server
+    errors: [404]
+    """
     return JSON({"success": True, "data": _operator(request).servers.get(request.path_params["server_id"])})
 
 
 async def set_server_status(request: Request) -> JSON:
+    """Set a server online, offline or in maintenance.
+    ---
+    auth: admin
+    body: ServerStatusBody
+    data: ServerStatusChange
+    errors: [404]
+    """
     eng = _operator(request)
     body = await read_json(request)
     sid = request.path_params["server_id"]
@@ -48,13 +74,25 @@ async def set_server_status(request: Request) -> JSON:
 
 
 async def delete_server(request: Request) -> JSON:
+    """Delete a server: its key stops working at once.
+    ---
+    auth: admin
+    errors: [404]
+    """
     _operator(request).servers.delete(request.path_params["server_id"])
     return JSON({"success": True})
 
 
 async def create_request(request: Request) -> JSON:
-    """Runs in a thread: a 100,000-task import is seconds of Python work, during which
-    this process keeps serving workers (its Redis calls are short chunks anyway)."""
+    """Import a stacking request with its folders and tasks in one call.
+    Runs in a thread: a 100,000-task import is seconds of Python work, during which
+    this process keeps serving workers (its Redis calls are short chunks anyway).
+    ---
+    auth: admin
+    body: RequestCreate
+    status: 201
+    data: RequestCreated
+    """
     eng = _operator(request)
     body = await read_json(request, limit=MAX_BULK_BODY)
     created = await run_in_threadpool(eng.stacking.create_request, body)
@@ -62,26 +100,53 @@ async def create_request(request: Request) -> JSON:
 
 
 async def get_request(request: Request) -> JSON:
+    """A request with its per-folder progress.
+    ---
+    auth: admin
+    data: RequestView
+    errors: [404]
+    """
     return JSON({"success": True, "data": _operator(request).stacking.request(request.path_params["request_id"])})
 
 
 async def cancel_request(request: Request) -> JSON:
+    """Cancel every non-terminal task of a request.
+    ---
+    auth: admin
+    data: Cancelled
+    errors: [404]
+    """
     n = _operator(request).stacking.cancel_request(request.path_params["request_id"])
     return JSON({"success": True, "data": {"cancelled": n}})
 
 
 async def cancel_task(request: Request) -> JSON:
+    """Cancel one non-terminal task.
+    ---
+    auth: admin
+    errors: [404, 409]
+    """
     _operator(request).stacking.cancel_task(request.path_params["task_id"])
     return JSON({"success": True})
 
 
 async def release_folder(request: Request) -> JSON:
+    """Release a folder's server binding.
+    ---
+    auth: admin
+    data: Released
+    errors: [404]
+    """
     released = _operator(request).stacking.release_folder(request.path_params["folder_id"])
     return JSON({"success": True, "data": {"released": released}})
 
 
 async def stats(request: Request) -> JSON:
-    """Task counts by status over every stacking task (O(1): one counters hash)."""
+    """Task counts by status over every stacking task (O(1): one counters hash).
+    ---
+    auth: admin
+    data: StackingStats
+    """
     return JSON({"success": True, "data": _operator(request).stacking.stats()})
 
 

@@ -59,65 +59,142 @@ async def _run(request: Request, call: Any) -> Any:
 
 # ---- tasks -------------------------------------------------------------------
 async def create_task(request: Request) -> JSON:
+    """Create device tasks (one per device, target or account, as the script fans out).
+    ---
+    auth: device
+    body: DeviceTaskCreate
+    body_required: false
+    data: DeviceTasksCreated
+    """
     devices = _devices(request)
     body = await read_json(request, required=False)
     return ok(await _run(request, devices.create_call(body, "api")))
 
 
 async def list_tasks(request: Request) -> JSON:
+    """Device tasks, newest first, filtered and paged.
+    ---
+    auth: device
+    query:
+      status: {enum: ['0', '1', '2', '3']}
+      serial: {type: string}
+      script_name: {type: string}
+      source: {enum: [api, ui]}
+      page: {type: integer, minimum: 1}
+      page_size: {type: integer, minimum: 1, maximum: 100}
+    data: DeviceTaskPage
+    errors: [400]
+    """
     devices = _devices(request)
     return ok(await _run(request, devices.list_call(dict(request.query_params))))
 
 
 async def stats(request: Request) -> JSON:
+    """Task counts by status (O(1): counters).
+    ---
+    auth: device
+    data: DeviceStats
+    """
     devices = _devices(request)
     return ok(await _run(request, devices.stats_call()))
 
 
 async def get_task(request: Request) -> JSON:
+    """One device task.
+    ---
+    auth: device
+    data: DeviceTask
+    errors: [400, 404]
+    """
     devices = _devices(request)
     return ok(await _run(request, devices.get_call(request.path_params["task_id"])))
 
 
 async def delete_task(request: Request) -> JSON:
+    """Delete a task (a running one is stopped first).
+    ---
+    auth: device
+    data: Deleted
+    errors: [400, 404]
+    """
     devices = _devices(request)
     return ok(await _run(request, devices.delete_one_call(request.path_params["task_id"])))
 
 
 async def delete_batch(request: Request) -> JSON:
+    """Delete several tasks (running ones are stopped first).
+    ---
+    auth: device
+    body: BatchDelete
+    data: BatchDeleted
+    """
     devices = _devices(request)
     body = await read_json(request)
     return ok(await _run(request, devices.delete_call(body.get("task_ids"))))
 
 
 async def stop_task(request: Request) -> JSON:
+    """Stop a pending or running task: it becomes failed with remark "stopped".
+    ---
+    auth: device
+    data: DeviceTask
+    errors: [400, 404, 409]
+    """
     devices = _devices(request)
     return ok(await _run(request, devices.stop_call(request.path_params["task_id"])))
 
 
 async def retry_task(request: Request) -> JSON:
+    """Put a failed task back to pending (retry_count + 1).
+    ---
+    auth: device
+    data: DeviceTask
+    errors: [400, 404, 409]
+    """
     devices = _devices(request)
     return ok(await _run(request, devices.retry_call(request.path_params["task_id"])))
 
 
 async def retry_all(request: Request) -> JSON:
+    """Retry every failed task still below the retry limit.
+    ---
+    auth: device
+    data: Retried
+    """
     devices = _devices(request)
     return ok(await run_in_threadpool(devices.retry_all))
 
 
 async def license_check(request: Request) -> JSON:
+    """The plan and what it allows.
+    ---
+    auth: device
+    data: License
+    """
     devices = _devices(request)
     return ok(devices.license())
 
 
 # ---- agent side ----------------------------------------------------------------
 async def agent_heartbeat(request: Request) -> JSON:
+    """An agent's heartbeat: registers its devices and accounts; lists tasks it must stop.
+    ---
+    auth: device
+    body: AgentHeartbeat
+    data: AgentHeartbeatReply
+    """
     devices = _devices(request)
     body = await read_json(request)
     return ok(await _run(request, devices.heartbeat_call(body)))
 
 
 async def agent_claim(request: Request) -> JSON:
+    """Claim the oldest due pending task of each listed idle device.
+    ---
+    auth: device
+    body: AgentClaim
+    data: AgentClaimed
+    """
     devices = _devices(request)
     body = await read_json(request)
     return ok(await _run(request, devices.claim_call(body)))
@@ -131,6 +208,14 @@ def _agent_finish(ok_: bool):
         body = await read_json(request, required=False)
         return ok(await _run(request, devices.finish_call(request.path_params["task_id"], body, ok=ok_)))
 
+    handler.__doc__ = f"""{"Complete" if ok_ else "Fail"} the agent's running task (status {2 if ok_ else 3}).
+    ---
+    auth: device
+    body: AgentFinish
+    body_required: false
+    data: AgentFinished
+    errors: [400, 404, 409]
+    """
     return handler
 
 

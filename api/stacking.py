@@ -67,6 +67,15 @@ async def _body(request: Request, key: ApiKey, required: bool = True, stacking: 
 
 
 async def pull(request: Request) -> JSON:
+    """Claim up to ``limit`` ready tasks for the calling server (phase 2 first when no status is given).
+    ---
+    auth: server
+    query:
+      limit: {type: integer, minimum: 1, maximum: 1000, default: 5}
+      status: {enum: [register, connect]}
+    data: {type: array, items: {$ref: StackingTask}}
+    errors: [400]
+    """
     key = _key(request)
     raw = request.query_params.get("limit", "5")
     try:
@@ -79,18 +88,36 @@ async def pull(request: Request) -> JSON:
 
 
 async def get_task(request: Request) -> JSON:
+    """One task, read only (no claim, no change).
+    ---
+    auth: server
+    data: StackingTask
+    errors: [404]
+    """
     task = await _batch(request).run(_engine(request).stacking.get_task_call(request.path_params["task_id"],
                                                                               _key(request)))
     return JSON(b'{"success":true,"data":' + task + b"}")
 
 
 async def start(request: Request) -> JSON:
+    """Start a task the caller has claimed (register -> registering, connect -> connecting).
+    ---
+    auth: server
+    errors: [404, 409]
+    """
     call = _engine(request).stacking.start_call(_key(request), request.path_params["task_id"])
     _served(request, await _batch(request).run(call))
     return JSON(OK)
 
 
 async def complete(request: Request) -> JSON:
+    """Complete the caller's running task (phase 1 needs ``link_post``).
+    ---
+    auth: server
+    body: CompleteBody
+    body_required: false
+    errors: [404, 409]
+    """
     key = _key(request)
     body = await _body(request, key, required=False)
     call = _engine(request).stacking.complete_call(key, request.path_params["task_id"], body.get("link_post"),
@@ -100,6 +127,12 @@ async def complete(request: Request) -> JSON:
 
 
 async def fail(request: Request) -> JSON:
+    """Fail the caller's running task; the retry manager decides what comes next.
+    ---
+    auth: server
+    body: FailBody
+    errors: [404, 409]
+    """
     key = _key(request)
     body = await _body(request, key)
     call = _engine(request).stacking.fail_call(key, request.path_params["task_id"], body.get("error_message"),
@@ -109,6 +142,12 @@ async def fail(request: Request) -> JSON:
 
 
 async def connect_status(request: Request) -> JSON:
+    """Phase-2 readiness of a folder, over the tasks assigned to the calling server (top level, no ``data``).
+    ---
+    auth: server
+    response: ConnectStatus
+    errors: [400]
+    """
     call = _engine(request).stacking.connect_status_call(_key(request), request.path_params["folder_id"])
     sid, body = await _batch(request).run(call)
     _served(request, sid)
@@ -121,6 +160,13 @@ async def missing_folder(request: Request) -> JSON:
 
 
 async def health(request: Request) -> JSON:
+    """Heartbeat: brings an offline server back online, records its metrics, extends its leases.
+    ---
+    auth: server
+    body: Heartbeat
+    body_required: false
+    data: HeartbeatReply
+    """
     key = _key(request)
     body = await _body(request, key, required=False, stacking=False)
     eng = _engine(request)

@@ -99,6 +99,14 @@ def _api_token(request: Request) -> str:
 
 # ---- platform-facing -------------------------------------------------------------------
 async def submit(request: Request) -> JSON:
+    """Submit a platform task: the price is charged at once, the task id returned at once.
+    ---
+    auth: api_token
+    body: SubmitBody
+    body_required: false
+    data: {type: string, description: the task's public id (task_...)}
+    errors: [404]
+    """
     tasks = _tasks(request)
     token = _api_token(request)
     body = await read_json(request, required=False)
@@ -121,12 +129,24 @@ def _kick_submitter(request: Request) -> None:
 
 
 async def fetch_one(request: Request) -> JSON:
+    """One of the caller's tasks.
+    ---
+    auth: api_token
+    data: CenterTask
+    errors: [400, 404]
+    """
     tasks = _tasks(request)
     token = _api_token(request)
     return _ok_suno(await _run(request, tasks.fetch_call(token, request.path_params["task_id"], many=False)))
 
 
 async def fetch_many(request: Request) -> JSON:
+    """Several of the caller's tasks (unknown or another user's ids are left out).
+    ---
+    auth: api_token
+    body: FetchBody
+    data: {type: array, items: {$ref: CenterTask}}
+    """
     tasks = _tasks(request)
     token = _api_token(request)
     body = await read_json(request)
@@ -143,6 +163,11 @@ async def _user(request: Request, min_role: int) -> dict:
 
 
 async def user_self(request: Request) -> JSON:
+    """The caller's own account, so a user can see a charge and its refund.
+    ---
+    auth: access_token
+    data: User
+    """
     return _ok(await _user(request, USER_ROLE))
 
 
@@ -155,11 +180,43 @@ async def _list(request: Request, call: Call) -> JSON:
 
 
 async def task_self(request: Request) -> JSON:
+    """The caller's tasks, newest first, filtered and paged.
+    ---
+    auth: access_token
+    query:
+      p: {type: integer}
+      page_size: {type: integer}
+      platform: {type: string}
+      task_id: {type: string}
+      status: {type: string}
+      action: {type: string}
+      start_timestamp: {type: integer}
+      end_timestamp: {type: integer}
+    data: CenterTaskPage
+    errors: [400, 500]
+    """
     user = await _user(request, USER_ROLE)
     return await _list(request, _tasks(request).list_call(dict(request.query_params), user["id"], admin=False))
 
 
 async def task_all(request: Request) -> JSON:
+    """Every user's tasks (role >= 10), newest first, filtered and paged.
+    ---
+    auth: access_token
+    query:
+      p: {type: integer}
+      page_size: {type: integer}
+      platform: {type: string}
+      task_id: {type: string}
+      status: {type: string}
+      action: {type: string}
+      start_timestamp: {type: integer}
+      end_timestamp: {type: integer}
+      channel_id: {type: integer}
+      user_id: {type: integer}
+    data: CenterTaskAdminPage
+    errors: [400, 500]
+    """
     await _user(request, ADMIN_ROLE)
     return await _list(request, _tasks(request).list_call(dict(request.query_params), None, admin=True))
 
@@ -183,6 +240,14 @@ def _field(body: dict, name: str, kind: type, default: Any = None, required: boo
 
 
 async def create_user(request: Request) -> JSON:
+    """Create a task-center user with an access token and a first API token (both shown once).
+    ---
+    auth: admin
+    body: UserCreate
+    status: 201
+    data: UserCreated
+    errors: [409]
+    """
     eng = _operator(request)
     body = await read_json(request)
     created = eng.tasks.create_user(_field(body, "name", str, required=True), _field(body, "quota", int, 0),
@@ -191,14 +256,32 @@ async def create_user(request: Request) -> JSON:
 
 
 async def list_users(request: Request) -> JSON:
+    """Every task-center user.
+    ---
+    auth: admin
+    data: {type: array, items: {$ref: User}}
+    """
     return _admin_ok(await run_in_threadpool(_operator(request).tasks.users))
 
 
 async def get_user(request: Request) -> JSON:
+    """One user.
+    ---
+    auth: admin
+    data: User
+    errors: [404]
+    """
     return _admin_ok(_operator(request).tasks.user(request.path_params["user_id"]))
 
 
 async def update_user(request: Request) -> JSON:
+    """Enable or disable a user, or change its role.
+    ---
+    auth: admin
+    body: UserUpdate
+    data: User
+    errors: [404]
+    """
     eng = _operator(request)
     body = await read_json(request)
     uid = request.path_params["user_id"]
@@ -207,6 +290,13 @@ async def update_user(request: Request) -> JSON:
 
 
 async def grant_quota(request: Request) -> JSON:
+    """Add quota to a user (negative: take back).
+    ---
+    auth: admin
+    body: QuotaGrant
+    data: QuotaGranted
+    errors: [404, 409]
+    """
     eng = _operator(request)
     body = await read_json(request)
     quota = eng.tasks.grant(request.path_params["user_id"], _field(body, "amount", int, required=True))
@@ -214,6 +304,15 @@ async def grant_quota(request: Request) -> JSON:
 
 
 async def create_token(request: Request) -> JSON:
+    """Another API token for a user, optionally with its own quota.
+    ---
+    auth: admin
+    body: TokenCreate
+    body_required: false
+    status: 201
+    data: TokenCreated
+    errors: [404]
+    """
     eng = _operator(request)
     body = await read_json(request, required=False)
     created = eng.tasks.create_token(request.path_params["user_id"], _field(body, "name", str, ""),
@@ -222,10 +321,22 @@ async def create_token(request: Request) -> JSON:
 
 
 async def list_channels(request: Request) -> JSON:
+    """Every upstream channel (keys are never shown).
+    ---
+    auth: admin
+    data: {type: array, items: {$ref: Channel}}
+    """
     return _admin_ok(_operator(request).tasks.channel_views())
 
 
 async def add_channel(request: Request) -> JSON:
+    """Add an upstream channel.
+    ---
+    auth: admin
+    body: ChannelCreate
+    status: 201
+    data: ChannelId
+    """
     eng = _operator(request)
     body = await read_json(request)
     status = _field(body, "status", str, "enabled")
@@ -238,6 +349,13 @@ async def add_channel(request: Request) -> JSON:
 
 
 async def update_channel(request: Request) -> JSON:
+    """Change a channel's status, weight, base URL or key.
+    ---
+    auth: admin
+    body: ChannelUpdate
+    data: ChannelId
+    errors: [404]
+    """
     eng = _operator(request)
     body = await read_json(request)
     status = _field(body, "status", str)
@@ -249,15 +367,32 @@ async def update_channel(request: Request) -> JSON:
 
 
 async def delete_channel(request: Request) -> JSON:
+    """Delete a channel (its unfinished tasks are refunded by the sweep).
+    ---
+    auth: admin
+    data: ChannelId
+    errors: [404]
+    """
     _operator(request).tasks.delete_channel(request.path_params["channel_id"])
     return _admin_ok({"id": int(request.path_params["channel_id"])})
 
 
 async def get_prices(request: Request) -> JSON:
+    """The quota price of each platform action.
+    ---
+    auth: admin
+    data: Prices
+    """
     return _admin_ok(_operator(request).tasks.prices())
 
 
 async def set_price(request: Request) -> JSON:
+    """Set the quota price of a platform action.
+    ---
+    auth: admin
+    body: PriceSet
+    data: Prices
+    """
     eng = _operator(request)
     body = await read_json(request)
     eng.tasks.set_price(_field(body, "platform", str, required=True), _field(body, "action", str, required=True),
@@ -266,6 +401,11 @@ async def set_price(request: Request) -> JSON:
 
 
 async def audit(request: Request) -> JSON:
+    """Prove every balance equals its grants minus the ledger.
+    ---
+    auth: admin
+    data: Audit
+    """
     rows = await run_in_threadpool(_operator(request).tasks.audit)
     return _admin_ok({"ok": all(r["ok"] for r in rows), "users": rows})
 
