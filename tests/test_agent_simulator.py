@@ -1,4 +1,4 @@
-"""The simulated agent (workers/agent.py) against the real app, through an in-process HTTP client."""
+"""The simulated agent (workers/agent.py) and its client (workers/client.py) against the real app, in process."""
 from __future__ import annotations
 
 import random
@@ -7,25 +7,14 @@ import pytest
 from starlette.testclient import TestClient
 
 from api.app import create_app
-from workers.agent import ApiError, Simulator
-
-
-class InProcess:
-    """``AgentClient.call`` over Starlette's TestClient: same requests, same envelope handling."""
-
-    def __init__(self, engine) -> None:
-        self.http = TestClient(create_app(engine, access_log=False))
-
-    def call(self, method: str, path: str, body=None):
-        resp = self.http.request(method, path, json=body)
-        data = resp.json()
-        if resp.status_code != 200 or data.get("code") != 0:
-            raise ApiError(resp.status_code, data)
-        return data["data"]
+from workers.agent import Simulator
+from workers.client import DeviceAgentClient
 
 
 def simulator(engine, **kw) -> Simulator:
-    return Simulator(InProcess(engine), 3, interval=0, min_s=0, max_s=0, rng=random.Random(1), **kw)
+    """The simulator with its real client (workers/client.py), whose HTTP goes to the app in process."""
+    client = DeviceAgentClient("http://testserver", http=TestClient(create_app(engine, access_log=False)))
+    return Simulator(client, 3, interval=0, min_s=0, max_s=0, rng=random.Random(1), **kw)
 
 
 def test_simulated_agent_runs_every_task_to_an_end(engine):

@@ -13,62 +13,25 @@ agent would, so a new user can watch device tasks move:
 - each claimed task "runs" for a random duration, then is completed, or
   failed with probability ``fail_rate``.
 
-Single-threaded and time-driven (no thread per device). While the web process
-is unreachable it waits and tries again.
+Single-threaded and time-driven (no thread per device). HTTP goes through
+``workers.client.DeviceAgentClient``, which backs off and retries while the web
+process is unreachable or answers 503. On SIGTERM/SIGINT it claims nothing
+more and finishes the tasks it runs (beating meanwhile) for up to ``grace``
+seconds; what still runs then stays running on the server and is adopted by
+the next agent on these serials (or fails "agent lost" after TASKHUB_RUN_TTL).
 """
 from __future__ import annotations
 
-import http.client
-import json
 import logging
 import random
 import signal
 import time
-import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.client import Cancelled, ClientError, Conflict, DeviceAgentClient, NotFound, Unavailable
+
 log = logging.getLogger("taskhub.agent")
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, body: dict) -> None:
-        super().__init__(f"HTTP {status}: {body.get('message')}")
-        self.status, self.body = status, body
-
-
-class AgentClient:
-    """A keep-alive JSON client of the device API (stdlib only)."""
-
-    def __init__(self, url: str, token: str = "", timeout: float = 10.0) -> None:
-        parts = urllib.parse.urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.token, self.timeout = token, timeout
-        self.conn: http.client.HTTPConnection | None = None
-
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        payload = json.dumps(body).encode() if body is not None else None
-        for attempt in (1, 2):
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-            try:
-                self.conn.request(method, path, body=payload, headers=headers)
-                resp = self.conn.getresponse()
-                data = json.loads(resp.read() or b"{}")
-                break
-            except (ConnectionError, http.client.HTTPException, OSError):
-                self.conn.close()
-                self.conn = None
-                # Only the heartbeat (idempotent) is sent again on a fresh connection, for a
-                # keep-alive connection the server closed; claim/complete/fail may have run.
-                if attempt == 2 or method != "POST" or not path.endswith("/heartbeat"):
-                    raise
-        if resp.status != 200 or data.get("code") != 0:
-            raise ApiError(resp.status, data)
-        return data["data"]
 
 
 @dataclass
@@ -81,7 +44,7 @@ class Device:
 
 @dataclass
 class Simulator:
-    client: AgentClient
+    client: DeviceAgentClient
     devices: int
     prefix: str = "sim"
     interval: float = 2.0
@@ -90,6 +53,7 @@ class Simulator:
     fail_rate: float = 0.1
     agent: str = "simulator"
     rng: random.Random = field(default_factory=random.Random)
+    grace: float = 15.0
     stopping: bool = False
 
     def __post_init__(self) -> None:
@@ -102,8 +66,7 @@ class Simulator:
         device.task, device.ends_at = task, time.monotonic() + self.rng.uniform(self.min_s, self.max_s)
 
     def beat(self) -> None:
-        data = self.client.call("POST", "/api/v1/agent/heartbeat", {
-            "serials": list(self.fleet), "accounts": {s: d.accounts for s, d in self.fleet.items()}})
+        data = self.client.heartbeat(list(self.fleet), {s: d.accounts for s, d in self.fleet.items()})
         stop = set(data.get("stop", []))
         for device in self.fleet.values():
             if device.task is not None and device.task in stop:
@@ -121,7 +84,7 @@ class Simulator:
         idle = [s for s, d in self.fleet.items() if d.task is None]
         if not idle:
             return
-        tasks = self.client.call("POST", "/api/v1/agent/claim", {"serials": idle, "agent": self.agent})["tasks"]
+        tasks = self.client.claim(idle, agent=self.agent)
         for task in tasks:
             self._run(self.fleet[task["serial"]], task["id"])
             log.info("run task=%s serial=%s script=%s", task["id"], task["serial"], task["script_name"])
@@ -135,31 +98,42 @@ class Simulator:
             verb = "fail" if failed else "complete"
             remark = "simulated failure" if failed else "simulated success"
             try:
-                self.client.call("POST", f"/api/v1/agent/task/{device.task}/{verb}", {"remark": remark,
-                                                                                      "agent": self.agent})
-                self.done["failed" if failed else "completed"] += 1
-                log.info("%s task=%s serial=%s", verb, device.task, device.serial)
-            except ApiError as exc:  # stopped or deleted meanwhile: nothing to report
-                if exc.status not in (404, 409):
-                    raise
-                log.info("task=%s no longer running (%s)", device.task, exc.body.get("message"))
+                finish = self.client.fail if failed else self.client.complete
+                if finish(device.task, remark, agent=self.agent):
+                    self.done["failed" if failed else "completed"] += 1
+                    log.info("%s task=%s serial=%s", verb, device.task, device.serial)
+            except (Conflict, NotFound) as exc:  # stopped or deleted meanwhile: nothing to report
+                log.info("task=%s no longer running (%s)", device.task, exc.message)
             device.task = None
 
+    def busy(self) -> int:
+        return sum(1 for d in self.fleet.values() if d.task is not None)
+
     def run(self, seconds: float | None = None) -> dict:
-        """Loop until stopped (SIGTERM/SIGINT) or ``seconds`` passed; returns the counts."""
+        """Loop until stopped (SIGTERM/SIGINT) or ``seconds`` passed; returns the counts.
+
+        Once stopping, it claims nothing more and finishes what it runs, for up to ``grace`` seconds."""
         started = time.monotonic()
         next_beat = 0.0
-        while not self.stopping and (seconds is None or time.monotonic() - started < seconds):
+        stopped_at: float | None = None
+        while True:
+            if stopped_at is None and (self.stopping or (seconds is not None
+                                                         and time.monotonic() - started >= seconds)):
+                stopped_at = time.monotonic()
+                self.client.cancel.set()  # abandon the backoff of heartbeats and claims
+            if stopped_at is not None and (not self.busy() or time.monotonic() - stopped_at >= self.grace):
+                break
             try:
                 self.finish_due()
                 if time.monotonic() >= next_beat:
                     self.beat()
-                    self.claim()
+                    if stopped_at is None:
+                        self.claim()
                     next_beat = time.monotonic() + self.interval
-            except (ConnectionError, OSError, http.client.HTTPException) as exc:
-                log.warning("device API unreachable (%s); retrying", exc)
-                time.sleep(1)
-            except ApiError as exc:
+            except (Unavailable, Cancelled) as exc:
+                log.warning("device API unreachable (%s)", exc)
+                next_beat = time.monotonic() + self.interval
+            except ClientError as exc:
                 log.warning("device API refused: %s", exc)
                 time.sleep(1)
             time.sleep(0.05)
@@ -167,7 +141,7 @@ class Simulator:
 
 
 def main(url: str, token: str, devices: int, **options: Any) -> int:
-    sim = Simulator(AgentClient(url, token), devices, **options)
+    sim = Simulator(DeviceAgentClient(url, token), devices, **options)
 
     def stop(signum: int, frame: Any) -> None:
         sim.stopping = True
