@@ -58,3 +58,28 @@ def test_failures_are_reported(engine, fail_rate, status):
     sim.claim()
     sim.finish_due()
     assert engine.devices.get(tid)["status"] == status and engine.devices.get(tid)["remark"] == "simulated failure"
+
+
+def test_a_stopped_agent_claims_nothing_more_and_finishes_what_it_runs(engine):
+    ids = engine.devices.create({"serials": ["sim-001", "sim-002"], "script_name": "post",
+                                 "script_config": {}})["task_ids"]
+    sim = simulator(engine, fail_rate=0.0)
+    sim.min_s = sim.max_s = 0.5
+    sim.run(seconds=0.1)  # claims both, is told to stop before they are due, finishes them anyway
+    assert [engine.devices.get(i)["status"] for i in ids] == [2, 2] and sim.done["completed"] == 2
+    later = engine.devices.create({"serials": ["sim-001"], "script_name": "post", "script_config": {}})["task_ids"]
+    sim.stopping = True
+    sim.run()  # stopping from the start: claims nothing
+    assert engine.devices.get(later[0])["status"] == 0
+
+
+def test_with_no_grace_a_stopped_agent_leaves_its_tasks_running_for_the_next_one(engine):
+    [tid] = engine.devices.create({"serials": ["sim-001"], "script_name": "post", "script_config": {}})["task_ids"]
+    sim = simulator(engine, fail_rate=0.0, grace=0.0)
+    sim.min_s = sim.max_s = 30
+    sim.run(seconds=0.1)
+    assert engine.devices.get(tid)["status"] == 1
+    successor = simulator(engine, fail_rate=0.0)
+    successor.beat()  # adopts it
+    successor.finish_due()
+    assert engine.devices.get(tid)["status"] == 2

@@ -51,6 +51,7 @@ import signal
 import threading
 import time
 from typing import Any, Callable
+from urllib.parse import quote
 
 import httpx
 
@@ -206,15 +207,16 @@ class StackingClient:
         return self._call("GET", "/api/v1/stacking/links", params=params, read=True)[0]["data"]
 
     def get(self, task_id: str) -> dict:
-        return self._call("GET", f"/api/v1/stacking/links/{task_id}", read=True)[0]["data"]
+        return self._call("GET", f"/api/v1/stacking/links/{quote(task_id, safe='')}", read=True)[0]["data"]
 
     def connect_status(self, folder_id: str) -> dict:
-        body = self._call("GET", f"/api/v1/stacking/folders/{folder_id}/connect-status", read=True)[0]
+        path = f"/api/v1/stacking/folders/{quote(folder_id, safe='')}/connect-status"
+        body = self._call("GET", path, read=True)[0]
         return {k: v for k, v in body.items() if k != "success"}
 
     def start(self, task_id: str) -> bool:
         try:
-            self._call("POST", f"/api/v1/stacking/links/{task_id}/start")
+            self._call("POST", f"/api/v1/stacking/links/{quote(task_id, safe='')}/start")
         except Conflict as exc:
             if not exc.maybe_ran or self.get(task_id)["status"] not in ("registering", "connecting"):
                 raise
@@ -224,12 +226,12 @@ class StackingClient:
     def complete(self, task_id: str, link_post: str | None = None, note: str | None = None) -> bool:
         """True: completed by this call. False: a retry after a lost reply found it settled already."""
         body = {k: v for k, v in (("link_post", link_post), ("note", note)) if v is not None}
-        return self._settle(f"/api/v1/stacking/links/{task_id}/complete", body)
+        return self._settle(f"/api/v1/stacking/links/{quote(task_id, safe='')}/complete", body)
 
     def fail(self, task_id: str, error_message: str, note: str | None = None) -> bool:
         """True: failed by this call (the retry manager takes over). False: as for ``complete``."""
         body = {"error_message": error_message[:1000], **({"note": note} if note is not None else {})}
-        return self._settle(f"/api/v1/stacking/links/{task_id}/fail", body)
+        return self._settle(f"/api/v1/stacking/links/{quote(task_id, safe='')}/fail", body)
 
     def _settle(self, path: str, body: dict) -> bool:
         resp, maybe_ran = self.t.request("POST", path, json=body)
@@ -356,8 +358,9 @@ class StackingWorker:
             beats.start()
             while not self.stopping.is_set():
                 self._pull_and_start()
+        finally:  # stopped, or a refusal no retry can cure (401, 403 service_key_mismatch): drain either way
+            self.stop()
             self._drain()
-        finally:
             self._beats_done.set()
             if beats.is_alive():
                 beats.join(timeout=self.client.t.http.timeout.read or 10)
@@ -395,11 +398,8 @@ class StackingWorker:
                 continue
             try:
                 self.client.start(task["id"])
-            except (Conflict, NotFound) as exc:  # lapsed and handed out again, or cancelled meanwhile
-                log.info("task %s not started: %s", task["id"], exc.message)
-                continue
-            except Unavailable as exc:
-                log.warning("task %s not started: %s", task["id"], exc)
+            except (ClientError, Cancelled) as exc:  # e.g. 409: lapsed and handed out again, or cancelled
+                log.info("task %s not started: %s", task["id"], exc)
                 continue
             thread = threading.Thread(target=self._work, args=(task,), name=f"task-{task['id']}", daemon=True)
             with self._lock:
