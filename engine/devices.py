@@ -376,7 +376,7 @@ def _format_second(second: int, tz: str) -> str | None:
 def _task_id(value: Any, field: str = "task_id") -> int:
     if isinstance(value, bool):
         raise InvalidInput(f"{field}: task ids are positive integers")
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # "¹".isdigit() but int("¹") fails
         value = int(value)
     if not isinstance(value, int) or value < 1 or value > 2**53:
         raise InvalidInput(f"{field}: task ids are positive integers")

@@ -338,7 +338,7 @@ class TaskCenter:
             header = bearer_value(api_user)  # the seed's own example sends "Bearer <id>"
             if not header:
                 raise NotSignedIn("New-Api-User header not provided")
-            if not header.lstrip("-").isdigit():
+            if not (header.isascii() and header.lstrip("-").isdigit()):  # int() refuses "¹", isdigit() not
                 raise NotSignedIn("New-Api-User header format error")
             if int(header) != int(uid):
                 raise NotSignedIn("New-Api-User does not match logged in user")

@@ -89,6 +89,15 @@ def test_license_check(client, engine):
 
 
 # ---- every documented error --------------------------------------------------------
+def test_non_ascii_digits_in_a_task_id_are_40001_not_a_500(client, engine):
+    """Found by the schema fuzzer: "¹".isdigit() is true but int("¹") raises, which answered 500."""
+    create(client)
+    for raw in ("%C2%B9", "%D9%A1"):  # superscript one; Arabic-Indic one, which int() would read as 1
+        refused(engine, lambda: client.get(f"{TASK}/{raw}"), 400, 40001)
+        refused(engine, lambda: client.post(f"{TASK}/{raw}/stop"), 400, 40001)
+    refused(engine, lambda: client.request("DELETE", f"{TASK}/batch", json={"task_ids": ["\u00b9"]}), 400, 40001)
+
+
 def test_40001_invalid_parameters(client, engine):
     refused(engine, lambda: client.post(TASK, json={"script_name": "post", "script_config": {}}), 400, 40001)
     refused(engine, lambda: client.post(TASK, content=b"{nope"), 400, 40001)

@@ -215,6 +215,16 @@ def test_management_auth_matrix(client, engine, path):
         ok(client.get(path, headers=mgmt(root)))
 
 
+def test_non_ascii_digits_in_new_api_user_are_a_format_error_not_a_500(client, engine):
+    """Found by the schema fuzzer: "¹".isdigit() is true but int("¹") raises, which answered 500."""
+    admin = engine.tasks.create_user("boss", 0, "admin")
+    for value in ("\u00b9".encode("latin-1"), "-\u00b2".encode("latin-1")):
+        headers = {"Authorization": f"Bearer {admin['access_token']}", "New-Api-User": value}
+        before = engine.core.r.dbsize()
+        failed(client.get("/api/user/self", headers=headers), 401, "New-Api-User header format error")
+        assert engine.core.r.dbsize() == before
+
+
 def test_user_self(client, engine):
     u = engine.tasks.create_user("amy", 120_000, "admin")
     suno_ok(submit(client, u["api_key"]))
