@@ -200,14 +200,15 @@ def non_contract_routes(routes: list) -> list[str]:
 
 
 def _operation_id(method: str, path: str) -> str:
-    return method.lower() + re.sub(r"[^a-zA-Z0-9]+", "_", path).rstrip("_")
+    """``get_api_v1_task_task_id``; a trailing slash is spelt out (``/api/task/`` and ``/api/task`` are two)."""
+    return f"{method.lower()}_{re.sub(r'[^a-zA-Z0-9]+', '_', path.strip('/'))}" + ("_slash" * path.endswith("/"))
 
 
 def _operation(method: str, route: Route) -> Schema:
     summary, description, spec = parse_docstring(route.endpoint)
     renderer = _renderer_for(route.path)
     errors = error_schemas(renderer)
-    op: Schema = {"operationId": _operation_id(method, route.path), "summary": summary,
+    op: Schema = {"operationId": _operation_id(method, route.path_format), "summary": summary,
                   "tags": [route.endpoint.__module__.split(".")[-1]]}
     if description:
         op["description"] = description
