@@ -18,10 +18,13 @@ connection error fails every call of the batch (the contract's 503).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from engine.calls import Call, run_batch
 from engine.core import Core
+
+from .metrics import observe_batch_roundtrip
 
 
 class Batcher:
@@ -42,7 +45,9 @@ class Batcher:
     def _flush(self) -> None:
         batch, self._pending, self._scheduled = self._pending, [], False
         try:
+            started = time.perf_counter()
             results = run_batch(self.core.r, self.core.scripts, [call for call, _ in batch])
+            observe_batch_roundtrip(time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - e.g. Redis unreachable: every caller gets it
             for _, future in batch:
                 if not future.done():

@@ -134,6 +134,9 @@ def cmd_redis(args: argparse.Namespace) -> int:
 def cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from api.metrics import prepare_multiprocess
+    from engine.connection import var_dir
+    prepare_multiprocess(args.workers, var_dir())  # several workers: /metrics sums their samples
     uvicorn.run("api.app:main_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 access_log=False, log_level="info")
     return 0

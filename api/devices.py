@@ -23,6 +23,7 @@ from engine.devices import Devices, PlanRefused
 from engine.errors import Conflict, EngineError, Forbidden, InvalidInput, NotFound, Unavailable
 
 from .http import JSON, PayloadTooLarge, Unauthorized, read_json, require_bearer
+from .metrics import observe_claims
 
 PREFIXES = ("/api/v1/task", "/api/v1/license/", "/api/v1/agent/")
 # Most specific first: an error is an instance of its class and of its bases.
@@ -197,7 +198,9 @@ async def agent_claim(request: Request) -> JSON:
     """
     devices = _devices(request)
     body = await read_json(request)
-    return ok(await _run(request, devices.claim_call(body)))
+    claimed = await _run(request, devices.claim_call(body))
+    observe_claims("devices", len(claimed["tasks"]))
+    return ok(claimed)
 
 
 def _agent_finish(ok_: bool):

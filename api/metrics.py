@@ -1,10 +1,207 @@
-"""Prometheus /metrics (issue 10): being built; ``routes`` and ``middleware()`` are wired into create_app."""
+"""Prometheus ``/metrics``: cluster-wide figures read from Redis, per-process observations.
+
+Two kinds of figures, kept apart on purpose:
+
+- **Cluster-wide** (tasks by contract and status; claims, lapsed leases,
+  retries, refunds): the scripts keep them in Redis as they work
+  (``engine/telemetry.py``), and ``ClusterCollector`` reads them at scrape
+  time, one pipelined round trip. Whichever web worker serves the scrape
+  reports the same truth, never multiplied by the number of processes, and it
+  includes the work of RQ jobs and the CLI.
+- **Per process** (request latency per route, claim batch sizes, Redis round
+  trips): prometheus_client histograms. One process: this module's registry.
+  Several (``TASKHUB_WEB_WORKERS`` > 1): ``taskhub web`` points
+  ``PROMETHEUS_MULTIPROC_DIR`` at an emptied directory before the workers
+  start (``prepare_multiprocess``), each worker writes its samples to its own
+  files there, and a scrape sums them with ``MultiProcessCollector``, so the
+  figures add up whatever worker served what. Only counters and histograms are
+  per-process (no live gauges), so a worker's exit needs no
+  ``mark_process_dead``: what it counted stays counted.
+
+The request middleware is plain ASGI and does O(1) work per request (one
+``perf_counter`` pair, a dict lookup of the cached histogram child, one
+observe) and no Redis command; labels are the route's path template, never the
+raw path, so their number is bounded. ``TASKHUB_METRICS=0`` leaves it out.
+Auth is the admin API's: ``TASKHUB_ADMIN_TOKEN`` as a bearer token, loopback
+clients only when it is unset.
+"""
 from __future__ import annotations
 
-from starlette.middleware import Middleware
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
 
-routes: list = []
+import redis
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, disable_created_metrics,
+                               generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from engine.telemetry import CONTRACTS, Telemetry
+
+from .http import require_bearer
+
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)  # as api/app.py's 503 handler
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+UNMATCHED = "unmatched"  # the route label of every path no route matches (bounded cardinality)
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+disable_created_metrics()  # no *_created series: Prometheus does not need them, and they double the output
+LOCAL = CollectorRegistry()
+REQUEST_SECONDS = Histogram(
+    "taskhub_http_request_duration_seconds", "HTTP requests by route template: time to the response's end.",
+    ["method", "route", "status"], registry=LOCAL,
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+CLAIM_BATCH = Histogram(
+    "taskhub_claim_batch_size", "Tasks handed out per claim call (stacking pull, device agent claim).",
+    ["contract"], registry=LOCAL, buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+REDIS_SECONDS = Histogram(
+    "taskhub_redis_roundtrip_seconds",
+    "Redis round trips: a web worker's batched pipeline (source=batch) or the scrape's read (source=scrape).",
+    ["source"], registry=LOCAL,
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+_BATCH_RTT = REDIS_SECONDS.labels("batch")
+_SCRAPE_RTT = REDIS_SECONDS.labels("scrape")
+_CLAIMS = {contract: CLAIM_BATCH.labels(contract) for contract in ("stacking", "devices")}
+
+
+def enabled() -> bool:
+    """``TASKHUB_METRICS`` (default on): ``0`` leaves the per-request middleware out."""
+    return os.environ.get("TASKHUB_METRICS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def observe_claims(contract: str, n: int) -> None:
+    """A claim call handed out ``n`` tasks (0 included: empty pulls are a figure too)."""
+    _CLAIMS[contract].observe(n)
+
+
+def observe_batch_roundtrip(seconds: float) -> None:
+    _BATCH_RTT.observe(seconds)
+
+
+def prepare_multiprocess(workers: int, var: Path) -> str | None:
+    """Before ``taskhub web`` starts several workers: the directory their samples go to, emptied.
+
+    ``PROMETHEUS_MULTIPROC_DIR`` if set (an operator's choice), else
+    ``<TASKHUB_VAR>/metrics``; the old run's ``*.db`` files are removed so its
+    counts do not carry over. One worker: nothing (the in-process registry).
+    """
+    directory = os.environ.get(MULTIPROC_ENV)
+    if workers <= 1 and not directory:
+        return None
+    path = Path(directory) if directory else var / "metrics"
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.glob("*.db"):
+        old.unlink()
+    os.environ[MULTIPROC_ENV] = str(path)
+    return str(path)
+
+
+class ClusterCollector:
+    """The Redis-held figures of one engine, read at collect time (one round trip)."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("taskhub_redis_up", "1 when the scrape could read Redis, else 0.")
+        started = time.perf_counter()
+        try:
+            figures = self.telemetry.read()
+        except REDIS_DOWN:
+            up.add_metric([], 0)
+            yield up
+            return
+        _SCRAPE_RTT.observe(time.perf_counter() - started)
+        up.add_metric([], 1)
+        yield up
+        tasks = GaugeMetricFamily("taskhub_tasks", "Tasks in each status now.", labels=["contract", "status"])
+        claimed = CounterMetricFamily("taskhub_claimed_tasks", "Tasks handed out by claims (stacking pulls, "
+                                      "device claims, task-center submissions taken).", labels=["contract"])
+        lapses = CounterMetricFamily("taskhub_lease_lapses", "Leases a sweep found lapsed and removed.",
+                                     labels=["contract", "lease"])
+        retries = CounterMetricFamily("taskhub_retries", "Tasks sent back for another attempt.", labels=["contract"])
+        refunds = CounterMetricFamily("taskhub_refunds", "Failed task-center tasks refunded (once each).",
+                                      labels=["contract"])
+        refunded = CounterMetricFamily("taskhub_refunded_quota", "Quota given back by those refunds.",
+                                       labels=["contract"])
+        for contract in CONTRACTS:
+            f = figures[contract]
+            for status, n in sorted(f.statuses.items()):
+                tasks.add_metric([contract, status], n)
+            for name, n in f.totals.items():
+                if name == "claimed":
+                    claimed.add_metric([contract], n)
+                elif name.startswith("lapsed:"):
+                    lapses.add_metric([contract, name[7:]], n)
+                elif name == "retried":
+                    retries.add_metric([contract], n)
+                elif name == "refunds":
+                    refunds.add_metric([contract], n)
+                elif name == "refunded":
+                    refunded.add_metric([contract], n)
+        yield from (tasks, claimed, lapses, retries, refunds, refunded)
+
+
+async def scrape(request: Request) -> Response:
+    """Prometheus text exposition: cluster figures from Redis plus this process's (or every worker's) histograms.
+
+    Redis away: still 200, with ``taskhub_redis_up 0`` and the per-process
+    figures, so a scrape shows the outage instead of failing."""
+    eng = request.app.state.engine
+    require_bearer(request, eng.core.settings.admin_token, "TASKHUB_ADMIN_TOKEN", "/metrics", "invalid admin token")
+    request.state.caller = "operator"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ClusterCollector(Telemetry(eng)))
+    if os.environ.get(MULTIPROC_ENV):
+        MultiProcessCollector(registry)
+    else:
+        registry.register(LOCAL)
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class RequestMetrics:
+    """Per-route latency histogram, plain ASGI (outermost: it times every other middleware too)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._children: dict[tuple[str, str, int], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            # The router leaves the matched route in the scope; its path is the template.
+            route = scope.get("route")
+            key = (scope["method"], route.path if route is not None else UNMATCHED, status // 100)
+            child = self._children.get(key)
+            if child is None:
+                method = key[0] if key[0] in METHODS else "OTHER"
+                child = self._children[key] = REQUEST_SECONDS.labels(method, key[1], f"{key[2]}xx")
+            child.observe(time.perf_counter() - started)
+
+
+routes = [Route("/metrics", scrape, methods=["GET"])]
 
 
 def middleware() -> list[Middleware]:
-    return []
+    return [Middleware(RequestMetrics)] if enabled() else []

@@ -21,6 +21,7 @@ from engine.servers import ApiKey, check_caller
 
 from .batch import Batcher
 from .http import JSON, Forbidden, PayloadTooLarge, Unauthorized, read_json
+from .metrics import observe_claims
 
 STATUS = {
     InvalidInput: 400, InvalidKey: 401, Unauthorized: 401, ServiceKeyMismatch: 403, ServerNotOnline: 403,
@@ -84,6 +85,7 @@ async def pull(request: Request) -> JSON:
         limit = -1  # refused by the engine, after authentication
     sid, tasks = _engine(request).stacking.pull(key, limit, request.query_params.get("status"))
     _served(request, sid)
+    observe_claims("stacking", len(tasks))
     return JSON(b'{"success":true,"data":[' + b",".join(tasks) + b"]}")
 
 

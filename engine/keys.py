@@ -47,6 +47,11 @@ class Keys:
         return self._k("stats")
 
     @property
+    def totals(self) -> str:
+        """Monotonic counters of what happened (claims, lapsed leases, retries...; ``lua/includes/totals.lua``)."""
+        return self._k("totals")
+
+    @property
     def events(self) -> str:
         return self._k("events")
 

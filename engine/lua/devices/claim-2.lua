@@ -45,4 +45,5 @@ for i = 10, #ARGV do
     end
   end
 end
+count_claims(#out - 1)
 return out

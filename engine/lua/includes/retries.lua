@@ -1,6 +1,7 @@
 -- retries: the delayed-retry schedule, a sorted set task id -> due (ms), read
 -- by each contract's retry script (an RQ job). Needs K and NOW.
--- Derived key: retry.
+-- Derived keys: retry, totals (`retried`).
+-- @include totals
 
 -- Exponential backoff: base * 2^attempt, at most cap (all ms).
 local function backoff(base, cap, attempt)
@@ -25,4 +26,9 @@ end
 
 local function due_retries_left()
   return redis.call('ZCOUNT', K .. 'retry', '-inf', NOW)
+end
+
+-- `n` tasks sent back for another attempt: counted in totals as `retried`.
+local function count_retries(n)
+  tally('retried', n)
 end

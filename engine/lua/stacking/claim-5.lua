@@ -115,4 +115,5 @@ end
 for i = 1, #leases, 1000 do
   redis.call('ZADD', KEYS[4], unpack(leases, i, math.min(i + 999, #leases)))
 end
+count_claims(limit - need)
 return out

@@ -36,4 +36,5 @@ for _, tid in ipairs(take_due_retries(batch)) do
     end
   end
 end
+count_retries(requeued)
 return {requeued, final, due_retries_left()}

@@ -34,4 +34,5 @@ for _, id in ipairs(ids) do
     out[#out + 1] = {id, f[1], f[2], f[3], at, f[4]}
   end
 end
+count_claims(#out)
 return out

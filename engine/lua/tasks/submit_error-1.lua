@@ -30,4 +30,5 @@ local tried = redis.call('HGET', t, 'tried')
 if ch ~= '' then tried = tried == '' and ch or (tried .. ',' .. ch) end
 redis.call('HSET', t, 'tried', tried, 'le', reason, 'ua', NOW)
 redis.call('ZADD', K .. 'q', due, id)
+count_retries(1)
 return {'retry', due}

@@ -82,6 +82,7 @@ local function requeue(t, actor)
   set_status(t, '0', actor)
   redis.call('ZADD', K .. 'q:' .. t.se, t.id, t.id)
   active_add(t.se, 1)
+  count_retries(1)
 end
 
 -- The auto-retry delay of a failure: `delay` (ms; '' = auto-retry off) while

@@ -1,7 +1,8 @@
 -- center: what every task-center script shares: where a task is listed (its
 -- cells), the quota ledger, and the two terminal moves. Needs K, NOW, MAXLEN.
 -- Derived keys: t:<id>, u:<uid>, k:<token>, cg:<cell>, cu:<uid>:<cell>, cells,
--- cells:<uid>, ledger, meta, stats, events, active, poll, q, lease:claim.
+-- cells:<uid>, ledger, meta, stats, events, active, poll, q, lease:claim,
+-- totals (`refunds`, `refunded`: refunded failures and their quota).
 -- @include status
 -- @include leases
 
@@ -82,6 +83,8 @@ local function fail_task(id, reason, actor)
       redis.call('HINCRBY', tk, 'used', -q)
     end
     ledger(f[2], id, q, 'refund')
+    tally('refunds', 1)
+    tally('refunded', q)
   end
   return true
 end

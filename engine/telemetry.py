@@ -1,0 +1,74 @@
+"""The cluster-wide figures ``/metrics`` exposes: tasks by status, and what happened, per contract.
+
+Two hashes per contract hold them, both moved by the scripts themselves, so
+they are exact whichever process (web worker, RQ job, CLI) did the work:
+
+- ``stats``: status -> number of tasks in it now (the shared ``change_status``);
+- ``totals``: monotonic counters (``lua/includes/totals.lua``): ``claimed``
+  (leases granted by a claim: stacking pulls, device claims, task-center
+  submissions taken by the submit job), ``lapsed:claim`` / ``lapsed:run``
+  (leases a sweep removed), ``retried`` (tasks sent back for another attempt),
+  and the task center's ``refunds`` / ``refunded`` (refunded failures / quota).
+
+``Telemetry.read()`` reads all six hashes in one pipelined round trip, so a
+scrape costs Redis six HGETALLs of a few fields each, whatever the data size,
+and is correct whatever process serves it. Reads only: no script.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .devices import STATUS_NAMES
+from .service import Engine
+
+CONTRACTS = ("stacking", "devices", "tasks")
+# The totals each contract can move (device tasks have no claim lease: a claim
+# starts them; task-center submissions have no run lease), reported from 0.
+TOTALS = {
+    "stacking": ("claimed", "lapsed:claim", "lapsed:run", "retried"),
+    "devices": ("claimed", "lapsed:run", "retried"),
+    "tasks": ("claimed", "lapsed:claim", "retried", "refunds", "refunded"),
+}
+
+
+@dataclass
+class ContractFigures:
+    statuses: dict[str, int] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+
+
+def _decode(raw: dict) -> dict[str, int]:
+    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+
+
+class Telemetry:
+    """Reads of one ``Engine``'s counters for the metrics endpoint."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.r = engine.core.r
+        self.keys = {"stacking": engine.core.keys, "devices": engine.devices.k, "tasks": engine.tasks.k}
+
+    def read(self) -> dict[str, ContractFigures]:
+        """Every contract's status counts and totals, in one round trip.
+
+        Device statuses are stored as digits and reported by name (``pending`` ...),
+        as the device API does. A status once reached keeps its field at 0
+        (HINCRBY never deletes it), so its series does not vanish; every total
+        of ``TOTALS`` is reported, 0 until it first moves.
+        """
+        p = self.r.pipeline(transaction=False)
+        for contract in CONTRACTS:
+            p.hgetall(self.keys[contract].stats)
+            p.hgetall(self.keys[contract].totals)
+        replies = p.execute()
+        out: dict[str, ContractFigures] = {}
+        for i, contract in enumerate(CONTRACTS):
+            statuses = _decode(replies[2 * i])
+            if contract == "devices":
+                statuses = {STATUS_NAMES.get(k, k): v for k, v in statuses.items()}
+            totals = {name: 0 for name in TOTALS[contract]} | _decode(replies[2 * i + 1])
+            out[contract] = ContractFigures(statuses, totals)
+        return out
+
+
+__all__ = ["CONTRACTS", "ContractFigures", "Telemetry", "TOTALS"]
