@@ -15,6 +15,7 @@ handler's docstring carries a short YAML block after ``---`` (Starlette's conven
     response: <schema>              # instead of data: the whole success body (connect-status)
     status: 201                     # success status, 200 by default
     errors: [404, 409]              # statuses beyond the ones every such route has
+    path: {name: <schema>}          # optional: refines a path parameter (its type comes from the route)
 
 ``<schema>`` is a component name (api/schemas.py) or an inline JSON schema whose
 ``$ref`` may be a bare component name. Path parameters come from the route itself.
@@ -216,8 +217,9 @@ def _operation(method: str, route: Route) -> Schema:
     if auth:
         op["security"] = SECURITY[auth]
     params = [{"name": name, "in": "path", "required": True,
-               "schema": dict(CONVERTOR_TYPES.get(type(conv).__name__, {"type": "string", "minLength": 1,
-                                                                          "pattern": "^[^/]+$"}))}
+               "schema": {**CONVERTOR_TYPES.get(type(conv).__name__, {"type": "string", "minLength": 1,
+                                                                        "pattern": "^[^/]+$"}),
+                          **_schema((spec.get("path") or {}).get(name, {}))}}
               for name, conv in route.param_convertors.items()]
     params += [{"name": name, "in": "query", "required": False, "schema": _schema(schema)}
                for name, schema in (spec.get("query") or {}).items()]

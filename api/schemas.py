@@ -46,6 +46,8 @@ STACKING_STATUSES = ["pending", "queued", "running", "register", "registering", 
 METRIC = {"type": "number", "minimum": 0, "maximum": 1_000_000}
 COUNT = {"type": "integer", "minimum": 0, "maximum": 1_000_000}
 SHORT = {"type": "string", "maxLength": 200}
+HTTPS = {"type": "string", "pattern": "^https://", "maxLength": 2048}
+NAMES = {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1, "maxLength": 128}}
 
 STACKING = {
     "StackingTask": obj(
@@ -54,7 +56,7 @@ STACKING = {
         id=STR, request_id=STR, status={"enum": STACKING_STATUSES}, domain=STR, website=STR, title=STR, about=STR,
         phone=STR, address=STR, location=STR, image_url=STR, folder_id=STR, link_post=STR,
         connect_links=STR_LIST),
-    "CompleteBody": obj(link_post={**STR, "description": "required in phase 1 (an https:// URL)"}, note=STR),
+    "CompleteBody": obj(link_post={**HTTPS, "description": "required in phase 1"}, note=STR),
     "FailBody": obj(("error_message",), error_message={**STR, "maxLength": 1000}, note=STR),
     "ConnectStatus": all_required(success={"const": True}, folder_id=STR, ready=BOOL, total_tasks=INT,
                                   phase1_active=INT, profiled=INT, connect_count=INT, by_status=COUNTS),
@@ -84,7 +86,7 @@ ADMIN = {
                   free_slots=INT, metrics=ANY_OBJ),
     "ServerStatusBody": all_required(status=SERVER_STATUS),
     "ServerStatusChange": all_required(id=STR, status=SERVER_STATUS, previous=STR),
-    "RequestCreate": obj(("website", "folders"), website=STR,
+    "RequestCreate": obj(("website", "folders"), website=HTTPS,
                          stacking_mode={"enum": ["chain", "ring", "all", "wheel", "disable"]},
                          max_retries={**INT, "minimum": 0},
                          folders={"type": "array", "minItems": 1, "items": obj(
@@ -111,25 +113,28 @@ DEVICE_TASK = obj(
 
 DEVICES = {
     "DeviceTask": DEVICE_TASK,
-    "DeviceTaskCreate": obj(
-        ("script_name", "script_config"), serials=STR_LIST, usernames=STR_LIST,
+    "DeviceTaskCreate": {"oneOf": [{"required": ["serials"], "not": {"required": ["usernames"]}},
+                                   {"required": ["usernames"], "not": {"required": ["serials"]}}]} | obj(
+        ("script_name", "script_config"), serials=NAMES, usernames=NAMES,
         script_name={"enum": ["post", "follow", "unfollow", "comment", "account_warmup", "login", "profile",
                               "match_accounts"]},
         script_config=ANY_OBJ, enable_multi_account=BOOL,
-        start_time={**STR, "pattern": "^[0-9]{1,2}:[0-9]{2}$", "description": "HH:MM in TASKHUB_TZ"}),
+        start_time={**STR, "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$", "description": "HH:MM in TASKHUB_TZ"}),
     "DeviceTasksCreated": all_required(task_ids=INT_LIST, created_count=INT),
     "DeviceTaskPage": all_required(items={"type": "array", "items": ref("DeviceTask")}, total=INT, page=INT,
                                    page_size=INT),
     "DeviceStats": all_required(total=INT, pending=INT, running=INT, completed=INT, failed=INT),
     "Deleted": all_required(deleted=INT),
-    "BatchDelete": all_required(task_ids=INT_LIST),
+    "BatchDelete": all_required(task_ids={"type": "array", "minItems": 1,
+                                          "items": {"type": "integer", "minimum": 1, "maximum": 2**53}}),
     "BatchDeleted": all_required(deleted=INT, not_found={"type": "array"}),
     "Retried": all_required(retried=INT),
     "License": all_required(plan_name=STR, api_enabled=BOOL, device_limit=INT, message=STR),
-    "AgentHeartbeat": obj(("serials",), serials=STR_LIST,
-                          accounts={"type": "object", "additionalProperties": STR_LIST}),
+    "AgentHeartbeat": obj(("serials",), serials=NAMES,
+                          accounts={"type": "object", "additionalProperties": STR_LIST,
+                                    "propertyNames": {"minLength": 1, "maxLength": 128}}),
     "AgentHeartbeatReply": obj(("stop",), stop=INT_LIST, running=ANY_OBJ),
-    "AgentClaim": obj(("serials",), serials=STR_LIST, limit={**INT, "minimum": 1}),
+    "AgentClaim": obj(("serials",), serials=NAMES, limit={**INT, "minimum": 1, "maximum": 1000}),
     "AgentClaimed": all_required(tasks={"type": "array", "items": ref("DeviceTask")}),
     "AgentFinish": obj(remark=STR),
     "AgentFinished": all_required(task_id=INT, status={"enum": [2, 3]}),
@@ -161,7 +166,8 @@ TASK_CENTER = {
     "UserCreate": obj(("name",), name={**STR, "minLength": 1}, quota={**INT, "minimum": 0},
                       role={"enum": ["common", "admin", "root"]}),
     "UserCreated": all_required(id=INT, access_token=STR, api_key=STR),
-    "UserUpdate": obj(status={"enum": ["enabled", "disabled"]}, role={"enum": ["common", "admin", "root"]}),
+    "UserUpdate": {**obj(status={"enum": ["enabled", "disabled"]}, role={"enum": ["common", "admin", "root"]}),
+                   "anyOf": [{"required": ["status"]}, {"required": ["role"]}]},
     "QuotaGrant": all_required(amount={**INT, "not": {"const": 0}}),
     "QuotaGranted": all_required(user_id=INT, quota=INT),
     "TokenCreate": obj(name=STR, quota={"type": ["integer", "null"], "minimum": 0}),
@@ -172,12 +178,14 @@ TASK_CENTER = {
                          base_url={**STR, "pattern": "^https?://"}, key=STR,
                          weight={**INT, "minimum": 0, "maximum": 10_000}, status={"enum": ["enabled", "disabled"]},
                          name=STR),
-    "ChannelUpdate": obj(status={"enum": ["enabled", "disabled"]}, weight={**INT, "minimum": 0, "maximum": 10_000},
-                         base_url={**STR, "pattern": "^https?://"}, key=STR),
+    "ChannelUpdate": {**obj(status={"enum": ["enabled", "disabled"]}, weight={**INT, "minimum": 0, "maximum": 10_000},
+                            base_url={**STR, "pattern": "^https?://"}, key=STR),
+                      "anyOf": [{"required": [name]} for name in ("status", "weight", "base_url", "key")]},
     "ChannelId": all_required(id=INT),
     "Prices": {"type": "object", "additionalProperties": INT,
                "description": "quota per '<platform>:<ACTION>'"},
-    "PriceSet": all_required(platform=STR, action=STR, quota={**INT, "minimum": 0}),
+    "PriceSet": all_required(platform={"enum": ["suno"]}, action={"enum": ["MUSIC", "LYRICS"]},
+                             quota={**INT, "minimum": 0}),
     "Audit": all_required(ok=BOOL, users={"type": "array", "items": obj(("user_id", "ok"), user_id=INT, ok=BOOL,
                                                                          problems=STR_LIST)}),
 }

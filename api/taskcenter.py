@@ -102,6 +102,8 @@ async def submit(request: Request) -> JSON:
     """Submit a platform task: the price is charged at once, the task id returned at once.
     ---
     auth: api_token
+    path:
+      action: {description: "music or lyrics, case-insensitive (stored upper-case)"}
     body: SubmitBody
     body_required: false
     data: {type: string, description: the task's public id (task_...)}
@@ -184,14 +186,14 @@ async def task_self(request: Request) -> JSON:
     ---
     auth: access_token
     query:
-      p: {type: integer}
-      page_size: {type: integer}
+      p: {type: integer, minimum: -9007199254740992, maximum: 9007199254740992}
+      page_size: {type: integer, minimum: -9007199254740992, maximum: 9007199254740992}
       platform: {type: string}
       task_id: {type: string}
-      status: {type: string}
+      status: {enum: [NOT_START, SUBMITTED, QUEUED, IN_PROGRESS, SUCCESS, FAILURE, UNKNOWN]}
       action: {type: string}
-      start_timestamp: {type: integer}
-      end_timestamp: {type: integer}
+      start_timestamp: {type: integer, minimum: -9007199254740992, maximum: 9007199254740992}
+      end_timestamp: {type: integer, minimum: -9007199254740992, maximum: 9007199254740992}
     data: CenterTaskPage
     errors: [400, 500]
     """
@@ -204,16 +206,16 @@ async def task_all(request: Request) -> JSON:
     ---
     auth: access_token
     query:
-      p: {type: integer}
-      page_size: {type: integer}
+      p: {type: integer, minimum: -9007199254740992, maximum: 9007199254740992}
+      page_size: {type: integer, minimum: -9007199254740992, maximum: 9007199254740992}
       platform: {type: string}
       task_id: {type: string}
-      status: {type: string}
+      status: {enum: [NOT_START, SUBMITTED, QUEUED, IN_PROGRESS, SUCCESS, FAILURE, UNKNOWN]}
       action: {type: string}
-      start_timestamp: {type: integer}
-      end_timestamp: {type: integer}
-      channel_id: {type: integer}
-      user_id: {type: integer}
+      start_timestamp: {type: integer, minimum: -9007199254740992, maximum: 9007199254740992}
+      end_timestamp: {type: integer, minimum: -9007199254740992, maximum: 9007199254740992}
+      channel_id: {type: integer, minimum: -9007199254740992, maximum: 9007199254740992}
+      user_id: {type: integer, minimum: -9007199254740992, maximum: 9007199254740992}
     data: CenterTaskAdminPage
     errors: [400, 500]
     """

@@ -220,14 +220,18 @@ def choose_channel(channels: Iterable[Channel], tried: Iterable[int], rng: rando
 
 
 # ---- query parsing ------------------------------------------------------------------
+MAX_QUERY_INT = 2**53  # what JSON clients can read exactly
 def _num(params: dict, name: str) -> int | None:
     raw = params.get(name)
     if raw is None or str(raw).strip() == "":
         return None
     try:
-        return int(str(raw).strip())
+        value = int(str(raw).strip())
     except ValueError:
         raise InvalidInput(f"{name} must be an integer, got {str(raw)[:40]!r}") from None
+    if abs(value) > MAX_QUERY_INT:  # a 30-digit page number would be echoed back and break the JSON encoder
+        raise InvalidInput(f"{name} must be an integer between {-MAX_QUERY_INT} and {MAX_QUERY_INT}")
+    return value
 
 
 def _word(params: dict, name: str) -> str:
