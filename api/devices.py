@@ -138,7 +138,7 @@ async def stop_task(request: Request) -> JSON:
     """Stop a pending or running task: it becomes failed with remark "stopped".
     ---
     auth: device
-    data: DeviceTask
+    data: DeviceTaskState
     errors: [400, 404, 409]
     """
     devices = _devices(request)
@@ -149,7 +149,7 @@ async def retry_task(request: Request) -> JSON:
     """Put a failed task back to pending (retry_count + 1).
     ---
     auth: device
-    data: DeviceTask
+    data: DeviceTaskState
     errors: [400, 404, 409]
     """
     devices = _devices(request)

@@ -138,6 +138,7 @@ DEVICES = {
     "AgentClaimed": all_required(tasks={"type": "array", "items": ref("DeviceTask")}),
     "AgentFinish": obj(remark=STR),
     "AgentFinished": all_required(task_id=INT, status={"enum": [2, 3]}),
+    "DeviceTaskState": all_required(task_id=INT, status={"enum": [0, 1, 2, 3]}),
 }
 
 # ---- task center (task-center.md) -------------------------------------------------------------------
@@ -146,6 +147,7 @@ CENTER_TASK_FIELDS = dict(
     id=INT, created_at=INT, updated_at=INT, task_id=STR, platform=STR, user_id=INT, quota=INT, action=STR,
     status={"enum": CENTER_STATUSES}, fail_reason=STR, submit_time=INT, start_time=INT, finish_time=INT,
     progress={**STR, "pattern": "^[0-9]{1,3}%$"}, properties={}, data={})
+QUOTA = {"type": "integer", "minimum": 0, "maximum": 10**15}
 USER_VIEW = all_required(id=INT, username=STR, role={"enum": [1, 10, 100]}, status={"enum": [1, 2]}, quota=INT,
                          used_quota=INT)
 
@@ -163,14 +165,14 @@ TASK_CENTER = {
     "SubmitBody": {"type": "object", "description": "passed through to the platform as is"},
     "FetchBody": all_required(ids={"type": "array", "items": STR}),
     "User": USER_VIEW,
-    "UserCreate": obj(("name",), name={**STR, "minLength": 1}, quota={**INT, "minimum": 0},
+    "UserCreate": obj(("name",), name={**STR, "minLength": 1}, quota=QUOTA,
                       role={"enum": ["common", "admin", "root"]}),
     "UserCreated": all_required(id=INT, access_token=STR, api_key=STR),
     "UserUpdate": {**obj(status={"enum": ["enabled", "disabled"]}, role={"enum": ["common", "admin", "root"]}),
                    "anyOf": [{"required": ["status"]}, {"required": ["role"]}]},
-    "QuotaGrant": all_required(amount={**INT, "not": {"const": 0}}),
+    "QuotaGrant": all_required(amount={**INT, "not": {"const": 0}, "minimum": -10**15, "maximum": 10**15}),
     "QuotaGranted": all_required(user_id=INT, quota=INT),
-    "TokenCreate": obj(name=STR, quota={"type": ["integer", "null"], "minimum": 0}),
+    "TokenCreate": obj(name=STR, quota={**QUOTA, "type": ["integer", "null"]}),
     "TokenCreated": all_required(user_id=INT, api_key=STR, quota={"type": ["integer", "null"]}),
     "Channel": obj(("id", "platform", "base_url", "weight", "status"), id=INT, platform=STR, base_url=STR,
                    weight=INT, status={"enum": ["enabled", "disabled"]}, name=STR),
@@ -185,7 +187,7 @@ TASK_CENTER = {
     "Prices": {"type": "object", "additionalProperties": INT,
                "description": "quota per '<platform>:<ACTION>'"},
     "PriceSet": all_required(platform={"enum": ["suno"]}, action={"enum": ["MUSIC", "LYRICS"]},
-                             quota={**INT, "minimum": 0}),
+                             quota=QUOTA),
     "Audit": all_required(ok=BOOL, users={"type": "array", "items": obj(("user_id", "ok"), user_id=INT, ok=BOOL,
                                                                          problems=STR_LIST)}),
 }

@@ -419,8 +419,9 @@ class TaskCenter:
     def grant(self, user_id: int, amount: int) -> int:
         """Add (negative: take back) quota; returns the new quota."""
         uid = _uid(user_id)
-        if not isinstance(amount, int) or isinstance(amount, bool) or amount == 0:
-            raise InvalidInput("amount must be a non-zero integer")
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount == 0 or abs(amount) > MAX_QUOTA:
+            # beyond 2**53 Lua's numbers round it, and HINCRBY refuses the rounded value (a 500)
+            raise InvalidInput(f"amount must be a non-zero integer between {-MAX_QUOTA} and {MAX_QUOTA}")
         reply = raise_for(self.core.run("grant", [self.k.user(uid)], uid, amount), "user", refusals=REFUSALS)
         return int(reply[1])
 
@@ -658,8 +659,11 @@ def _uid(value: Any, what: str = "user id") -> int:
     return uid
 
 
+MAX_QUOTA = 10**15
+
+
 def _quota(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > 10**15:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > MAX_QUOTA:
         raise InvalidInput("quota must be a non-negative integer")
     return value
 

@@ -238,6 +238,17 @@ def test_list_numbers_beyond_2_53_are_400_not_a_500(client, engine, param):
     assert engine.core.r.dbsize() == before
 
 
+def test_a_grant_beyond_the_quota_bound_is_400_not_a_500(client, engine):
+    """Found by the schema fuzzer: amount=200942636312884224 reached HINCRBY rounded by Lua and failed (500)."""
+    user = engine.tasks.create_user("amy", 5)
+    before = engine.core.r.dbsize(), engine.tasks.user(user["id"])
+    for amount in (200942636312884224, -(10**15) - 1, 10**15 + 1):
+        message = failed(client.post(f"/api/v1/admin/users/{user['id']}/quota", json={"amount": amount}), 400)
+        assert "amount" in message
+    assert (engine.core.r.dbsize(), engine.tasks.user(user["id"])) == before
+    assert ok(client.post(f"/api/v1/admin/users/{user['id']}/quota", json={"amount": 10**15}))["quota"] == 10**15 + 5
+
+
 def test_user_self(client, engine):
     u = engine.tasks.create_user("amy", 120_000, "admin")
     suno_ok(submit(client, u["api_key"]))
