@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,6 +43,16 @@ def _samples(base: str) -> dict[tuple, float]:
 
 def _val(samples: dict, name: str, **labels) -> float:
     return samples.get((name, *sorted(labels.items())), 0.0)
+
+
+def _served_by_file(directory: Path) -> dict[str, float]:
+    """Requests each worker has observed, from its own histogram file (one per process)."""
+    out = {}
+    for path in directory.glob("histogram_*.db"):
+        out[path.name] = sum(s.value for m in MultiProcessCollector.merge([str(path)], accumulate=True)
+                             if m.name == "taskhub_http_request_duration_seconds"
+                             for s in m.samples if s.name.endswith("_count"))
+    return out
 
 
 @pytest.fixture
@@ -96,14 +107,16 @@ def test_two_web_workers_add_up_in_every_scrape(web):
 
     with ThreadPoolExecutor(8) as pool:
         assert set(pool.map(start, [t["id"] for t in pulled])) == {200}
-        # Unmatched paths until both workers have served something (each then has its own sample
-        # files), counting how many were sent: the sum must be exact whoever served them.
+        # Unmatched paths until both workers have served requests (read from each worker's own
+        # sample file), counting how many were sent: the sums must be exact whoever served what.
         unmatched = 0
-        while len({p.stem.rsplit("_", 1)[1] for p in directory.glob("histogram_*.db")}) < 2 and unmatched < 4000:
+        while min(_served_by_file(directory).values(), default=0) == 0 and unmatched < 4000:
             assert set(pool.map(lambda _: httpx.get(f"{base}/nope").status_code, range(40))) == {404}
             unmatched += 40
-    pids = {p.stem.rsplit("_", 1)[1] for p in directory.glob("histogram_*.db")}
-    assert len(pids) == 2, pids
+    served = _served_by_file(directory)
+    assert len(served) == 2 and min(served.values()) > 0, served
+    # + the readiness probe's scrape and the four setup requests (server, import, heartbeat, pull)
+    assert sum(served.values()) == TASKS + unmatched + 5
 
     for _ in range(6):  # any worker may serve a scrape: every one sees the same sums
         s = _samples(base)
