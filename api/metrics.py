@@ -37,6 +37,7 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Histogram
                                generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -164,7 +165,8 @@ async def scrape(request: Request) -> Response:
         MultiProcessCollector(registry)
     else:
         registry.register(LOCAL)
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    # On a thread: the Redis read and the sample files must not hold up this worker's other requests.
+    return Response(await run_in_threadpool(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)
 
 
 class RequestMetrics:
@@ -191,12 +193,14 @@ class RequestMetrics:
             await self.app(scope, receive, send_status)
         finally:
             # The router leaves the matched route in the scope; its path is the template.
+            # Every part of the key is bounded (a client's made-up method is OTHER), so is the cache.
             route = scope.get("route")
-            key = (scope["method"], route.path if route is not None else UNMATCHED, status // 100)
+            method = scope["method"]
+            key = (method if method in METHODS else "OTHER", route.path if route is not None else UNMATCHED,
+                   status // 100)
             child = self._children.get(key)
             if child is None:
-                method = key[0] if key[0] in METHODS else "OTHER"
-                child = self._children[key] = REQUEST_SECONDS.labels(method, key[1], f"{key[2]}xx")
+                child = self._children[key] = REQUEST_SECONDS.labels(key[0], key[1], f"{key[2]}xx")
             child.observe(time.perf_counter() - started)
 
 

@@ -196,6 +196,15 @@ def test_request_histogram_is_labelled_by_route_template_never_the_raw_path(clie
     assert diff(s1, s0, "taskhub_http_request_duration_seconds_sum", method="POST", route=START, status="4xx") > 0
 
 
+def test_made_up_methods_share_one_label(client):
+    s0 = scrape(client)
+    for method in ("FOO", "BAR", "BAZ"):
+        client.request(method, "/api/v1/stacking/links/x/start")
+    s1 = scrape(client)
+    assert diff(s1, s0, "taskhub_http_request_duration_seconds_count", method="OTHER", route=START, status="4xx") == 3
+    assert not any(dict(k[1:]).get("method") in ("FOO", "BAR", "BAZ") for k in s1)
+
+
 def test_metrics_takes_the_admin_token_when_one_is_set(redis_client, settings):
     engine = Engine(redis_client, dataclasses.replace(settings, admin_token="s3cret"))
     client = TestClient(create_app(engine, access_log=False))
