@@ -92,6 +92,7 @@ async def create_request(request: Request) -> JSON:
     body: RequestCreate
     status: 201
     data: RequestCreated
+    errors: [409]
     """
     eng = _operator(request)
     body = await read_json(request, limit=MAX_BULK_BODY)
