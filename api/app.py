@@ -23,6 +23,7 @@ from engine.errors import EngineError, InvalidInput, NotFound, Unavailable
 from . import admin, dashboard, devices, metrics, openapi, stacking, taskcenter
 from .batch import Batcher
 from .http import AccessLog, BodyLimit, JSON, access_log_enabled
+from .logs import configure_logging  # text or JSON lines (TASKHUB_LOG_FORMAT)
 
 log = logging.getLogger("taskhub.api")
 
@@ -109,17 +110,6 @@ def main_app() -> Starlette:
     """uvicorn factory: ``uvicorn --factory api.app:main_app``."""
     configure_logging()
     return create_app()
-
-
-def configure_logging() -> None:
-    """taskhub's own loggers to stderr at INFO (uvicorn configures only its own)."""
-    logger = logging.getLogger("taskhub")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 __all__ = ["create_app", "main_app", "JSON"]

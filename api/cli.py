@@ -1,38 +1,65 @@
 """``taskhub``: the operator's command line, and the entry points the Procfile runs.
 
 Process commands: ``redis`` (the embedded Redis, foreground), ``web``,
-``worker``, ``scheduler``. Operator commands talk to the engine directly on
-the same Redis (``REDIS_URL`` or the embedded one): ``server ...``,
-``import FILE.json``, ``request show|cancel``, ``task cancel``, ``folder release``
-(stacking); ``devices create|list|stats`` (device tasks, ``--json`` for
-scripts); ``agent --simulate N`` runs a simulated device agent over HTTP;
-``user``, ``channel``, ``price``, ``quota`` manage the task center and
-``sandbox`` runs a local suno-compatible platform (``--json`` everywhere).
+``worker``, ``scheduler``, ``sandbox`` (a local suno-compatible platform) and
+``agent --simulate N`` (a simulated device agent over HTTP). On them
+``--json`` means JSON log lines, as ``TASKHUB_LOG_FORMAT=json`` (set for the
+process and its children; ``api/logs.py``).
+
+Operator commands talk to the engine directly on the same Redis
+(``REDIS_URL`` or the embedded one) and call the engine method the matching
+HTTP endpoint calls, so a rule never differs between the two:
+
+- stacking (``api/cli_stacking.py``): ``stats``, ``server
+  create|list|show|status|delete``, ``import FILE``, ``request show|cancel``,
+  ``task cancel``, ``folder release``;
+- device tasks (``api/cli_devices.py``): ``devices create|list|show|stats|
+  delete|stop|retry|retry-all|license``;
+- task center (``api/cli_center.py``): ``user create|list|show|enable|disable|
+  role|token``, ``channel add|list|update|enable|disable|delete``, ``price
+  list|set``, ``quota grant|audit``, ``center list|show``.
+
+Every operator command takes ``--json`` (one JSON document on stdout, errors
+included) and exits with a code from one table (``api/cli_support.py``):
+0 done, 1 negative result, 2 usage or invalid input, 3 not found, 4 refused
+by state, 5 forbidden, 69 Redis unreachable, 70 internal error, 130
+interrupted. Long operations (``import``, ``devices create``, ``devices
+delete``) draw a progress bar on stderr when it is a terminal.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import time
-from typing import Any, Iterable
+import traceback
+from typing import Any, Callable, Iterable
 
-import orjson
+from . import cli_center, cli_devices, cli_stacking
+from .cli_support import INTERRUPTED, INTERNAL, JSON_FLAG, Parser, UsageError, classify
 
-from engine.connection import ConfigError, EmbeddedRedisError
-from engine.errors import EngineError
+PROCESS_COMMANDS = ("redis", "web", "worker", "scheduler", "sandbox", "agent")
 
 
-def _engine():
+def _engine() -> Any:
     from engine import Engine
 
     return Engine.from_env()
 
 
-def _print(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
+def _bind(cmd: Callable[[argparse.Namespace, Callable[[], Any]], int]) -> Callable[[argparse.Namespace], int]:
+    """An operator command with its engine factory (the commands take it so that they stay importable)."""
+    return lambda args: cmd(args, _engine)
+
+
+def _say(message: str, error: bool = False) -> None:
+    """A line of a process command that does not log through ``logging`` (``taskhub redis``): the
+    same text as ever, or one JSON log line in JSON mode."""
+    from .logs import json_line, log_format
+
+    line = json_line("ERROR" if error else "INFO", "taskhub.redis", message) if log_format() == "json" else message
+    print(line, file=sys.stderr if error else sys.stdout, flush=True)
 
 
 # ---- processes ---------------------------------------------------------------
@@ -52,7 +79,7 @@ def _sync_fsync(sock: Any, policy: str) -> None:
         current = client.config_get("appendfsync").get("appendfsync")
         if current != policy:
             client.config_set("appendfsync", policy)
-            print(f"embedded redis: appendfsync {current} -> {policy} (TASKHUB_FSYNC)", flush=True)
+            _say(f"embedded redis: appendfsync {current} -> {policy} (TASKHUB_FSYNC)")
     finally:
         client.close()
 
@@ -68,7 +95,7 @@ def cmd_redis(args: argparse.Namespace) -> int:
     until the server is back.
     """
     if os.environ.get("REDIS_URL"):
-        print("REDIS_URL is set: no embedded Redis to run; idling so the Procfile stays up", flush=True)
+        _say("REDIS_URL is set: no embedded Redis to run; idling so the Procfile stays up")
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return 0
     from collections import deque
@@ -78,7 +105,7 @@ def cmd_redis(args: argparse.Namespace) -> int:
 
     if args.stop:
         pid = stop_embedded()
-        print(f"embedded redis (pid {pid}) stopped (data saved)" if pid else "no embedded redis was running")
+        _say(f"embedded redis (pid {pid}) stopped (data saved)" if pid else "no embedded redis was running")
         return 0
     policy = fsync_policy()
     stop = {"now": False}
@@ -104,12 +131,12 @@ def cmd_redis(args: argparse.Namespace) -> int:
                 while restarts and now - restarts[0] > RESTART_WINDOW_S:
                     restarts.popleft()
                 if len(restarts) >= RESTART_LIMIT:
-                    print(f"{failure} after {RESTART_LIMIT} restarts within {RESTART_WINDOW_S:g} s; giving up, "
-                          f"see {var_dir() / 'redis.log'}", file=sys.stderr, flush=True)
+                    _say(f"{failure} after {RESTART_LIMIT} restarts within {RESTART_WINDOW_S:g} s; giving up, "
+                         f"see {var_dir() / 'redis.log'}", error=True)
                     return 1
                 restarts.append(now)
-                print(f"{failure}; restarting it (restart {len(restarts)} of at most {RESTART_LIMIT} within "
-                      f"{RESTART_WINDOW_S:g} s)", flush=True)
+                _say(f"{failure}; restarting it (restart {len(restarts)} of at most {RESTART_LIMIT} within "
+                     f"{RESTART_WINDOW_S:g} s)")
             try:
                 sock = ensure_embedded(cancel=lambda: stop["now"])
             except ServerExited as exc:
@@ -120,14 +147,13 @@ def cmd_redis(args: argparse.Namespace) -> int:
             failure = None if pid else "embedded redis exited right after it started"
             if pid:
                 _sync_fsync(sock, policy)
-                print(f"embedded redis {'restarted ' if started else ''}(pid {pid}) on unix://{sock}, "
-                      f"data in {var_dir()}, appendfsync {policy}", flush=True)
+                _say(f"embedded redis {'restarted ' if started else ''}(pid {pid}) on unix://{sock}, "
+                     f"data in {var_dir()}, appendfsync {policy}")
                 started = True
     except StartInterrupted:
         pass
     stopped = stop_embedded()
-    print(f"embedded redis (pid {stopped}) stopped (data saved)" if stopped else "embedded redis was not running",
-          flush=True)
+    _say(f"embedded redis (pid {stopped}) stopped (data saved)" if stopped else "embedded redis was not running")
     return 0
 
 
@@ -137,8 +163,11 @@ def cmd_web(args: argparse.Namespace) -> int:
     from api.metrics import prepare_multiprocess
     from engine.connection import var_dir
     prepare_multiprocess(args.workers, var_dir())  # several workers: /metrics sums their samples
+    from .logs import uvicorn_log_config
+
+    config = uvicorn_log_config()  # None: uvicorn's own text format
     uvicorn.run("api.app:main_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                access_log=False, log_level="info")
+                access_log=False, log_level="info", **({"log_config": config} if config else {}))
     return 0
 
 
@@ -148,9 +177,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from workers.jobs import QUEUE
     from workers.runner import run_worker
 
-    from api.app import configure_logging
+    from .logs import configure_logging
 
-    configure_logging()
+    configure_logging()  # and, in JSON mode, a root handler that RQ's loggers use instead of their own
     # RQ logs several lines per job; ours logs one (workers.jobs), so RQ's go to WARNING.
     return run_worker(connect(), QUEUE)
 
@@ -161,201 +190,21 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from workers.runner import run_scheduler
     from workers.scheduler import build
 
-    from api.app import configure_logging
+    from .logs import configure_logging
 
     configure_logging()
     return run_scheduler(connect(), build)
-
-
-# ---- operator commands ---------------------------------------------------------
-def cmd_server(args: argparse.Namespace) -> int:
-    eng = _engine()
-    if args.action == "create":
-        created = eng.servers.create(args.name, args.services, args.max_threads)
-        _print(created)
-        print("store the api_key now: it is not kept and cannot be shown again", file=sys.stderr)
-    elif args.action == "list":
-        _print(eng.servers.list())
-    elif args.action == "status":
-        eng.servers.set_status(args.id, args.status)
-        _print(eng.servers.get(args.id))
-    elif args.action == "delete":
-        eng.servers.delete(args.id)
-        print(f"deleted {args.id}")
-    return 0
-
-
-def _requests_in(path: str) -> list[dict]:
-    with open(path, "rb") as fh:
-        data = orjson.loads(fh.read())
-    return data if isinstance(data, list) else [data]
-
-
-def _task_count(doc: Any) -> int:
-    folders = doc.get("folders") if isinstance(doc, dict) else None
-    return sum(len(f.get("tasks") or []) for f in folders if isinstance(f, dict)) if isinstance(folders, list) else 0
-
-
-def cmd_import(args: argparse.Namespace) -> int:
-    """Import one request, or a list of them, from a JSON file; each request is atomic."""
-    from tqdm import tqdm
-
-    eng = _engine()
-    docs = _requests_in(args.file)
-    failed = 0
-    with tqdm(total=sum(_task_count(d) for d in docs), unit="task", disable=args.quiet) as bar:
-        for i, doc in enumerate(docs):
-            done = bar.n
-            try:
-                result = eng.stacking.create_request(doc, progress=bar.update)
-                tqdm.write(f"request {result['request_id']}: {result['folders']} folders, {result['tasks']} tasks")
-            except EngineError as exc:
-                failed += 1
-                tqdm.write(f"request #{i} refused: {exc.message}")
-            bar.update(done + _task_count(doc) - bar.n)  # a refused request's tasks count as handled
-    return 1 if failed else 0
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    eng = _engine()
-    servers = eng.servers.list()
-    _print({"tasks": eng.stacking.stats(),
-            "servers": {"total": len(servers), "online": sum(1 for s in servers if s["online"])}})
-    return 0
-
-
-def cmd_request(args: argparse.Namespace) -> int:
-    eng = _engine()
-    if args.action == "show":
-        _print(eng.stacking.request(args.id))
-    elif args.action == "cancel":
-        print(f"cancelled {eng.stacking.cancel_request(args.id)} tasks")
-    return 0
-
-
-def cmd_task(args: argparse.Namespace) -> int:
-    _engine().stacking.cancel_task(args.id)
-    print(f"cancelled {args.id}")
-    return 0
-
-
-def cmd_folder(args: argparse.Namespace) -> int:
-    released = _engine().stacking.release_folder(args.id)
-    print(f"released {args.id}" if released else f"{args.id} was not bound to a server")
-    return 0
-
-
-# ---- device tasks ----------------------------------------------------------------
-def _show(args: argparse.Namespace, data: Any, lines: Iterable[str]) -> None:
-    if args.json:
-        print(json.dumps(data, ensure_ascii=False))
-    else:
-        for line in lines:
-            print(line)
-
-
-def cmd_devices(args: argparse.Namespace) -> int:
-    devices = _engine().devices
-    if args.action == "create":
-        with open(args.file, "rb") as f:
-            doc = orjson.loads(f.read())
-        bodies = doc if isinstance(doc, list) else [doc]
-        created: list[int] = []
-        for body in bodies:
-            created += devices.create(body, source="ui")["task_ids"]
-        _show(args, {"task_ids": created, "created_count": len(created)},
-              [f"created {len(created)} tasks: {', '.join(map(str, created))}"])
-    elif args.action == "list":
-        page = devices.list(status=args.status, serial=args.serial, script_name=args.script, source=args.source,
-                            page=args.page, page_size=args.page_size)
-        names = ("pending", "running", "completed", "failed")
-        _show(args, page, [f"{t['id']:>8} {names[t['status']]:<9} {t['serial']:<16} {t['username'] or '-':<16} "
-                           f"{t['script_name']:<14} {t['remark']}" for t in page["items"]]
-              + [f"page {page['page']}: {len(page['items'])} of {page['total']}"])
-    elif args.action == "stats":
-        stats = devices.stats()
-        _show(args, stats, [f"{k:<10} {v}" for k, v in stats.items()])
-    return 0
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
     """A simulated agent: N phones that run what they claim (workers/agent.py)."""
     from workers import agent
 
-    from api.app import configure_logging
+    from .logs import configure_logging
 
     configure_logging()
     return agent.main(args.url, args.token, args.simulate, interval=args.interval, min_s=args.min_seconds,
                       max_s=args.max_seconds, fail_rate=args.fail_rate, prefix=args.prefix, agent=args.name)
-
-
-# ---- task center -------------------------------------------------------------------
-def cmd_user(args: argparse.Namespace) -> int:
-    tasks = _engine().tasks
-    if args.action == "create":
-        created = tasks.create_user(args.name, args.quota, args.role)
-        _show(args, created, [f"user {args.name}: id {created['id']}",
-                              f"access_token {created['access_token']}  (management API; shown once)",
-                              f"api_key      {created['api_key']}  (POST /suno/submit; shown once)"])
-    elif args.action == "list":
-        users = tasks.users()
-        _show(args, users, [f"{u['id']:>6} {u['username']:<20} role {u['role']:<3} "
-                            f"{'enabled' if u['status'] == 1 else 'disabled':<8} quota {u['quota']:>12} "
-                            f"used {u['used_quota']}" for u in users])
-    elif args.action in ("enable", "disable"):
-        uid = tasks.user_id(args.user)
-        tasks.set_user(uid, status=f"{args.action}d")
-        _show(args, tasks.user(uid), [f"user {uid} {args.action}d"])
-    elif args.action == "token":
-        created = tasks.create_token(tasks.user_id(args.user), args.name, args.quota)
-        _show(args, created, [f"api_key {created['api_key']}  (shown once)"])
-    return 0
-
-
-def cmd_channel(args: argparse.Namespace) -> int:
-    tasks = _engine().tasks
-    if args.action == "add":
-        cid = tasks.add_channel(args.platform, args.base_url, args.key, args.weight, True, args.name or "")
-        _show(args, {"id": cid}, [f"channel {cid} added"])
-    elif args.action == "list":
-        rows = tasks.channel_views()
-        _show(args, rows, [f"{c['id']:>4} {c['platform']:<8} {c['status']:<8} w={c['weight']:<5} {c['base_url']}"
-                           f" {c['name']}" for c in rows])
-    elif args.action in ("enable", "disable"):
-        tasks.set_channel(int(args.id), enabled=args.action == "enable")
-        _show(args, {"id": int(args.id), "status": f"{args.action}d"}, [f"channel {args.id} {args.action}d"])
-    elif args.action == "delete":
-        tasks.delete_channel(int(args.id))
-        _show(args, {"id": int(args.id), "deleted": True},
-              [f"channel {args.id} deleted (its unfinished tasks fail and are refunded at the next poll)"])
-    return 0
-
-
-def cmd_price(args: argparse.Namespace) -> int:
-    tasks = _engine().tasks
-    if args.action == "set":
-        tasks.set_price(args.platform, args.act, args.quota)
-    prices = tasks.prices()
-    _show(args, prices, [f"{k:<16} {v}" for k, v in sorted(prices.items())])
-    return 0
-
-
-def cmd_quota(args: argparse.Namespace) -> int:
-    tasks = _engine().tasks
-    if args.action == "grant":
-        uid = tasks.user_id(args.user)
-        quota = tasks.grant(uid, args.amount)
-        _show(args, {"user_id": uid, "quota": quota}, [f"user {uid}: quota {quota}"])
-        return 0
-    rows = tasks.audit()
-    ok = all(r["ok"] for r in rows)
-    _show(args, {"ok": ok, "users": rows},
-          [f"{'ok ' if r['ok'] else 'BAD'} user {r['user_id']} {r['username']}: quota {r['quota']} = grants "
-           f"{r['granted']} - charges {r['charged']} + refunds {r['refunded']}; used {r['used_quota']}"
-           + ("" if r["ok"] else "; " + "; ".join(r["problems"])) for r in rows]
-          + [f"{len(rows)} users, {'all balance' if ok else 'NOT ALL BALANCE'}"
-             + ("" if not rows or rows[0]["ledger_stream_checked"] else " (ledger stream trimmed: totals only)")])
-    return 0 if ok else 1
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -368,76 +217,43 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     if not args.no_register:
         cid = _engine().tasks.add_channel("suno", url, args.key, 1, True, "sandbox", only_if_none=True)
         what = f"registered as suno channel {cid}" if cid else "suno already has a channel; not registering"
-        print(f"sandbox: {what} ({url})", flush=True)
+        _say(f"sandbox: {what} ({url})")
     app = create_sandbox_app(duration_s=args.duration, fail_rate=args.fail_rate, error_rate=args.error_rate,
                              key=args.key)
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning")
+    from .logs import configure_logging, uvicorn_log_config
+
+    configure_logging()
+    config = uvicorn_log_config()
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning",
+                **({"log_config": config} if config else {}))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="taskhub", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    red = sub.add_parser("redis", help="run the embedded Redis in the foreground (saved and stopped on exit)")
+    p = Parser(prog="taskhub", description=__doc__.split("\n")[0],
+               epilog="exit codes: 0 done, 1 negative result, 2 usage or invalid input, 3 not found, "
+                      "4 refused by state, 5 forbidden, 69 Redis unreachable, 70 internal error")
+    p.add_argument("--json", action="store_true", default=False,
+                   help="operator commands: one JSON document on stdout; process commands: JSON log lines")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    j = [JSON_FLAG]
+    red = sub.add_parser("redis", parents=j,
+                         help="run the embedded Redis in the foreground (saved and stopped on exit)")
     red.add_argument("--stop", action="store_true", help="save and stop a running embedded Redis, then exit")
     red.set_defaults(func=cmd_redis)
-    sub.add_parser("stats", help="task counts by status, and servers").set_defaults(func=cmd_stats)
-    web = sub.add_parser("web", help="serve the HTTP API")
+    web = sub.add_parser("web", parents=j, help="serve the HTTP API")
     web.add_argument("--host", default=os.environ.get("TASKHUB_HOST", "127.0.0.1"))
     web.add_argument("--port", type=int, default=int(os.environ.get("TASKHUB_PORT", "8000")))
     web.add_argument("--workers", type=int, default=int(os.environ.get("TASKHUB_WEB_WORKERS", "1")))
     web.set_defaults(func=cmd_web)
-    sub.add_parser("worker", help="run an RQ worker on taskhub's queue").set_defaults(func=cmd_worker)
-    sub.add_parser("scheduler", help="enqueue the periodic jobs").set_defaults(func=cmd_scheduler)
+    sub.add_parser("worker", parents=j, help="run an RQ worker on taskhub's queue").set_defaults(func=cmd_worker)
+    sub.add_parser("scheduler", parents=j, help="enqueue the periodic jobs").set_defaults(func=cmd_scheduler)
 
-    server = sub.add_parser("server", help="manage worker servers")
-    ssub = server.add_subparsers(dest="action", required=True)
-    create = ssub.add_parser("create", help="create a server and print its API key once")
-    create.add_argument("name")
-    create.add_argument("--services", default="stacking", help="comma list (default: stacking)")
-    create.add_argument("--max-threads", type=int, default=10)
-    ssub.add_parser("list")
-    status = ssub.add_parser("status")
-    status.add_argument("id")
-    status.add_argument("status", choices=["online", "offline", "maintenance"])
-    delete = ssub.add_parser("delete")
-    delete.add_argument("id")
-    server.set_defaults(func=cmd_server)
+    cli_stacking.register(sub, _bind)
+    cli_devices.register(sub, _bind)
+    cli_center.register(sub, _bind)
 
-    imp = sub.add_parser("import", help="import stacking requests from a JSON file")
-    imp.add_argument("file")
-    imp.add_argument("--quiet", action="store_true", help="no progress bar")
-    imp.set_defaults(func=cmd_import)
-
-    req = sub.add_parser("request", help="stacking requests")
-    rsub = req.add_subparsers(dest="action", required=True)
-    for action in ("show", "cancel"):
-        rsub.add_parser(action).add_argument("id")
-    req.set_defaults(func=cmd_request)
-    task = sub.add_parser("task", help="stacking tasks")
-    task.add_subparsers(dest="action", required=True).add_parser("cancel").add_argument("id")
-    task.set_defaults(func=cmd_task)
-    folder = sub.add_parser("folder", help="stacking folders")
-    folder.add_subparsers(dest="action", required=True).add_parser("release").add_argument("id")
-    folder.set_defaults(func=cmd_folder)
-
-    dev = sub.add_parser("devices", help="device tasks: create, list, stats")
-    dsub = dev.add_subparsers(dest="action", required=True)
-    dcreate = dsub.add_parser("create", help="create tasks from a JSON file: one POST /api/v1/task body, or a list")
-    dcreate.add_argument("file")
-    dlist = dsub.add_parser("list", help="one page of tasks, newest first")
-    dlist.add_argument("--status", choices=["0", "1", "2", "3"])
-    dlist.add_argument("--serial")
-    dlist.add_argument("--script")
-    dlist.add_argument("--source", choices=["api", "ui"])
-    dlist.add_argument("--page", default="1")
-    dlist.add_argument("--page-size", default="20")
-    dsub.add_parser("stats", help="task counts by status")
-    for parser in (dcreate, dlist, dsub.choices["stats"]):
-        parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    dev.set_defaults(func=cmd_devices)
-
-    agent = sub.add_parser("agent", help="run a simulated device agent against the device API")
+    agent = sub.add_parser("agent", parents=j, help="run a simulated device agent against the device API")
     agent.add_argument("--simulate", type=int, required=True, metavar="N", help="number of simulated devices")
     agent.add_argument("--url", default=os.environ.get(
         "TASKHUB_AGENT_URL", f"http://127.0.0.1:{os.environ.get('TASKHUB_PORT', '8000')}"))
@@ -450,55 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--fail-rate", type=float, default=0.1)
     agent.set_defaults(func=cmd_agent)
 
-    user = sub.add_parser("user", help="task center users")
-    usub = user.add_subparsers(dest="action", required=True)
-    ucreate = usub.add_parser("create", help="create a user; prints id, access_token and a first api_key once")
-    ucreate.add_argument("name")
-    ucreate.add_argument("--quota", type=int, default=0)
-    ucreate.add_argument("--role", choices=["common", "admin", "root"], default="common")
-    ulist = usub.add_parser("list")
-    uen, udis = usub.add_parser("enable"), usub.add_parser("disable")
-    utoken = usub.add_parser("token", help="another API token (sk-...) for a user, optionally with its own quota")
-    for parser in (uen, udis, utoken):
-        parser.add_argument("user", help="user id or name")
-    utoken.add_argument("--name", default="")
-    utoken.add_argument("--quota", type=int, default=None, help="the token's own quota (default: unlimited)")
-    user.set_defaults(func=cmd_user)
-
-    chan = sub.add_parser("channel", help="task center upstream channels")
-    csub = chan.add_subparsers(dest="action", required=True)
-    cadd = csub.add_parser("add")
-    cadd.add_argument("--platform", default="suno")
-    cadd.add_argument("--base-url", required=True)
-    cadd.add_argument("--key", default="")
-    cadd.add_argument("--weight", type=int, default=1)
-    cadd.add_argument("--name", default="")
-    clist = csub.add_parser("list")
-    cparsers = [csub.add_parser(a) for a in ("enable", "disable", "delete")]
-    for parser in cparsers:
-        parser.add_argument("id")
-    chan.set_defaults(func=cmd_channel)
-
-    price = sub.add_parser("price", help="quota per platform and action")
-    psub = price.add_subparsers(dest="action", required=True)
-    pset = psub.add_parser("set")
-    pset.add_argument("platform")
-    pset.add_argument("act", metavar="action")
-    pset.add_argument("quota", type=int)
-    plist = psub.add_parser("list")
-    price.set_defaults(func=cmd_price)
-
-    quota = sub.add_parser("quota", help="grant quota; audit every user's balance against the ledger")
-    qsub = quota.add_subparsers(dest="action", required=True)
-    qgrant = qsub.add_parser("grant", help="add (negative: take back) quota")
-    qgrant.add_argument("user", help="user id or name")
-    qgrant.add_argument("amount", type=int)
-    qaudit = qsub.add_parser("audit", help="exit 1 when any user does not balance")
-    quota.set_defaults(func=cmd_quota)
-    for parser in (ucreate, ulist, uen, udis, utoken, cadd, clist, *cparsers, pset, plist, qgrant, qaudit):
-        parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-
-    sandbox = sub.add_parser("sandbox", help="run a local suno-compatible platform (demo channel)")
+    sandbox = sub.add_parser("sandbox", parents=j, help="run a local suno-compatible platform (demo channel)")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=int(os.environ.get("TASKHUB_SANDBOX_PORT", "8100")))
     sandbox.add_argument("--duration", type=float, default=float(os.environ.get("TASKHUB_SANDBOX_DURATION", "20")),
@@ -514,16 +282,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _report(exc: BaseException, as_json: bool, process: bool, usage: str = "") -> int:
+    """Print an error the way the command's output goes; return its exit code (``EXIT_CODES``)."""
+    from .logs import json_line
+
+    status, code, message = classify(exc)
+    if status == INTERNAL:
+        traceback.print_exception(exc, file=sys.stderr)
+    if as_json and process:  # a process command's output is its log: one JSON line on stderr
+        print(json_line("ERROR", "taskhub.cli", message, code=code, exit=status), file=sys.stderr, flush=True)
+    elif as_json:
+        import json
+
+        print(json.dumps({"error": {"code": code, "message": message, "exit": status}}, ensure_ascii=False),
+              flush=True)
+    else:
+        print(f"{usage}taskhub: error: {message}" if usage else f"error: {message}", file=sys.stderr, flush=True)
+    return status
+
+
 def main(argv: Iterable[str] | None = None) -> int:
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return _report(exc, "--json" in argv, False, usage=exc.usage)
+    process = args.command in PROCESS_COMMANDS
+    if process and args.json:
+        os.environ["TASKHUB_LOG_FORMAT"] = "json"  # this process and the ones it starts (uvicorn workers)
+    as_json = args.json or (process and os.environ.get("TASKHUB_LOG_FORMAT", "").strip().lower() == "json")
     try:
         return args.func(args) or 0
-    except EngineError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    except (ConfigError, EmbeddedRedisError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every error becomes its exit code (cli_support.EXIT_CODES)
+        return _report(exc, as_json, process)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,12 @@ def _logged(name: str, body: Callable[[], dict]) -> dict:
     job = get_current_job()
     started = time.perf_counter()
     result = body()
-    log.info("job=%s id=%s attempt=%s result=%s elapsed=%.1fms", name, job.id if job else "-",
-             (job.meta.get("attempt", 1) if job else 1), result, (time.perf_counter() - started) * 1000)
+    job_id, attempt = (job.id if job else "-"), (job.meta.get("attempt", 1) if job else 1)
+    elapsed = (time.perf_counter() - started) * 1000
+    # The extra fields are keys of the line in JSON mode (TASKHUB_LOG_FORMAT=json, api/logs.py).
+    log.info("job=%s id=%s attempt=%s result=%s elapsed=%.1fms", name, job_id, attempt, result, elapsed,
+             extra={"job": name, "job_id": job_id, "attempt": attempt, "result": result,
+                    "elapsed_ms": round(elapsed, 1)})
     return result
 
 
