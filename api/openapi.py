@@ -39,6 +39,7 @@ import inspect
 import re
 from typing import Any, Callable, Iterator
 
+import orjson
 import yaml
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -80,8 +81,6 @@ def _engine_error_classes() -> list[type[EngineError]]:
 
 
 def _render(renderer: Callable[[EngineError], Response], cls: type[EngineError]) -> tuple[int, dict]:
-    import orjson
-
     exc = cls.__new__(cls)
     EngineError.__init__(exc, "message")
     response = renderer(exc)
@@ -264,8 +263,6 @@ def build_document(routes: list) -> Schema:
 
 def document_bytes(request: Request) -> bytes:
     """The app's document, built on first use and kept on ``app.state`` (routes do not change)."""
-    import orjson
-
     state = request.app.state
     if getattr(state, "openapi_document", None) is None:
         state.openapi_document = orjson.dumps(build_document(request.app.routes))
@@ -278,8 +275,6 @@ async def openapi_json(request: Request) -> Response:
 
 # ---- the docs page -------------------------------------------------------------------------------
 def _json_text(schema: Any) -> str:
-    import orjson
-
     return html.escape(orjson.dumps(schema, option=orjson.OPT_INDENT_2).decode())
 
 
@@ -342,8 +337,6 @@ def _render_operation(path: str, method: str, op: Schema) -> str:
 
 
 async def docs_page(request: Request) -> Response:
-    import orjson
-
     return HTMLResponse(render_docs(orjson.loads(document_bytes(request))))
 
 
