@@ -115,9 +115,9 @@ JSON_FLAG, PROGRESS_FLAGS = json_flag(), progress_flags()
 def emit(args: argparse.Namespace, data: Any, lines: Iterable[str] | None = None) -> None:
     """``data`` as one JSON document (``--json``), else ``lines`` (default: a plain rendering of data)."""
     if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+        sys.stdout.write(orjson.dumps(data).decode() + "\n")  # orjson: the engine's pre-encoded Fragments
     else:
-        for line in (human(data) if lines is None else lines):
+        for line in (human(orjson.loads(orjson.dumps(data))) if lines is None else lines):
             print(line)
     sys.stdout.flush()
 

@@ -130,7 +130,7 @@ def test_two_servers_one_killed_drive_1000_tasks_to_the_end(tmp_path):
         try:
             keys = []
             for name in ("tool-a", "tool-b"):
-                out = subprocess.run([str(BIN / "taskhub"), "server", "create", name], env=env, check=True,
+                out = subprocess.run([str(BIN / "taskhub"), "server", "create", name, "--json"], env=env, check=True,
                                      capture_output=True, text=True).stdout
                 keys.append(json.loads(out)["api_key"])
             (tmp_path / "requests.json").write_text(json.dumps(_requests()))
