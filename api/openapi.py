@@ -281,8 +281,10 @@ async def openapi_json(request: Request) -> Response:
 
 
 # ---- the docs page -------------------------------------------------------------------------------
-def _json_text(schema: Any) -> str:
-    return html.escape(orjson.dumps(schema, option=orjson.OPT_INDENT_2).decode())
+def _json_text(schema: Any, indent: bool = True) -> str:
+    """The schema as escaped JSON, each component reference a link to the component below."""
+    text = html.escape(orjson.dumps(schema, option=orjson.OPT_INDENT_2 if indent else 0).decode())
+    return re.sub(r"&quot;#/components/schemas/(\w+)&quot;", r"<a href='#schema-\1'>\1</a>", text)
 
 
 def render_docs(document: Schema) -> str:
@@ -329,7 +331,7 @@ def _render_operation(path: str, method: str, op: Schema) -> str:
     if op.get("parameters"):
         parts.append("<table><tr><th>parameter</th><th>in</th><th>schema</th></tr>")
         for p in op["parameters"]:
-            parts.append(f"<tr><td>{e(p['name'])}</td><td>{e(p['in'])}</td><td><code>{_json_text(p['schema'])}"
+            parts.append(f"<tr><td>{e(p['name'])}</td><td>{e(p['in'])}</td><td><code>{_json_text(p['schema'], indent=False)}"
                          "</code></td></tr>")
         parts.append("</table>")
     if op.get("requestBody"):
