@@ -53,12 +53,12 @@ def _bind(cmd: Callable[[argparse.Namespace, Callable[[], Any]], int]) -> Callab
     return lambda args: cmd(args, _engine)
 
 
-def _say(message: str, error: bool = False) -> None:
+def _say(message: str, error: bool = False, logger: str = "taskhub.redis") -> None:
     """A line of a process command that does not log through ``logging`` (``taskhub redis``): the
     same text as ever, or one JSON log line in JSON mode."""
     from .logs import json_line, log_format
 
-    line = json_line("ERROR" if error else "INFO", "taskhub.redis", message) if log_format() == "json" else message
+    line = json_line("ERROR" if error else "INFO", logger, message) if log_format() == "json" else message
     print(line, file=sys.stderr if error else sys.stdout, flush=True)
 
 
@@ -162,9 +162,9 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     from api.metrics import prepare_multiprocess
     from engine.connection import var_dir
-    prepare_multiprocess(args.workers, var_dir())  # several workers: /metrics sums their samples
-    from .logs import uvicorn_log_config
 
+    from .logs import uvicorn_log_config
+    prepare_multiprocess(args.workers, var_dir())  # several workers: /metrics sums their samples
     config = uvicorn_log_config()  # None: uvicorn's own text format
     uvicorn.run("api.app:main_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 access_log=False, log_level="info", **({"log_config": config} if config else {}))
@@ -213,16 +213,16 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     from api.sandbox import create_sandbox_app
 
+    from .logs import configure_logging, uvicorn_log_config
+
+    configure_logging()
     url = f"http://{args.host}:{args.port}"
     if not args.no_register:
         cid = _engine().tasks.add_channel("suno", url, args.key, 1, True, "sandbox", only_if_none=True)
         what = f"registered as suno channel {cid}" if cid else "suno already has a channel; not registering"
-        _say(f"sandbox: {what} ({url})")
+        _say(f"sandbox: {what} ({url})", logger="taskhub.sandbox")
     app = create_sandbox_app(duration_s=args.duration, fail_rate=args.fail_rate, error_rate=args.error_rate,
                              key=args.key)
-    from .logs import configure_logging, uvicorn_log_config
-
-    configure_logging()
     config = uvicorn_log_config()
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning",
                 **({"log_config": config} if config else {}))

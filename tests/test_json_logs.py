@@ -120,9 +120,9 @@ def test_taskhub_web_writes_only_json_lines(tmp_path, real_redis_socket):
     port = _free_port()
     env = _env(real_redis_socket, tmp_path, TASKHUB_PORT=str(port), TASKHUB_ACCESS_LOG="1")
     env.pop("TASKHUB_LOG_FORMAT", None)
-    err = open(tmp_path / "web.err", "wb")
-    proc = subprocess.Popen([str(BIN / "taskhub"), "web", "--json"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=err, start_new_session=True)
+    err, out = open(tmp_path / "web.err", "wb"), open(tmp_path / "web.out", "wb")
+    proc = subprocess.Popen([str(BIN / "taskhub"), "web", "--json"], cwd=REPO, env=env, stdout=out, stderr=err,
+                            start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
@@ -139,6 +139,8 @@ def test_taskhub_web_writes_only_json_lines(tmp_path, real_redis_socket):
     finally:
         _stop(proc)
         err.close()
+        out.close()
+    assert all(KEYS <= set(r) for r in _json_lines((tmp_path / "web.out").read_text()))
     records = _json_lines((tmp_path / "web.err").read_text())
     assert all(KEYS <= set(r) for r in records)
     loggers = {r["logger"] for r in records}
@@ -182,3 +184,20 @@ def test_taskhub_worker_writes_rq_and_job_lines_as_json(tmp_path, real_redis_soc
     assert job["job"] == "run_device_retries" and job["attempt"] == 1 and isinstance(job["elapsed_ms"], float)
     failed = [r for r in records if r["logger"].startswith("rq.") and r["level"] == "ERROR"]
     assert failed and any("no_such_job" in (r["msg"] + r.get("exc", "")) for r in failed), records
+
+
+def test_process_commands_with_json_write_json_lines_and_a_json_fatal_error(tmp_path, monkeypatch, capsys):
+    from api.cli import main
+
+    monkeypatch.setenv("TASKHUB_LOG_FORMAT", "text")  # main() sets it to json for the process; restored after
+    monkeypatch.setenv("TASKHUB_VAR", str(tmp_path / "var"))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    assert main(["redis", "--stop", "--json"]) == 0
+    [line] = _json_lines(capsys.readouterr().out)
+    assert (line["logger"], line["msg"]) == ("taskhub.redis", "no embedded redis was running")
+    monkeypatch.setenv("TASKHUB_FSYNC", "no")
+    assert main(["redis", "--json"]) == 2
+    captured = capsys.readouterr()
+    [error] = _json_lines(captured.err)
+    assert captured.out == "" and (error["level"], error["code"], error["exit"]) == ("ERROR", "config", 2)
+    assert "TASKHUB_FSYNC must be 'always' or 'everysec'" in error["msg"]
