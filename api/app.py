@@ -22,7 +22,7 @@ from engine.errors import EngineError, InvalidInput, NotFound, Unavailable
 
 from . import admin, dashboard, devices, metrics, openapi, stacking, taskcenter
 from .batch import Batcher
-from .http import AccessLog, BodyLimit, JSON, access_log_enabled
+from .http import AccessLog, BodyLimit, JSON, Timed, access_log_enabled
 from .logs import configure_logging  # text or JSON lines (TASKHUB_LOG_FORMAT)
 
 log = logging.getLogger("taskhub.api")
@@ -91,10 +91,11 @@ def create_app(engine: Engine | None = None, access_log: bool | None = None) -> 
     """The application; ``access_log`` defaults to ``TASKHUB_ACCESS_LOG`` (on)."""
     if access_log is None:
         access_log = access_log_enabled()
+    observers = [*metrics.observers(), *([AccessLog()] if access_log else [])]
     app = Starlette(
         routes=[*stacking.routes, *admin.routes, *devices.routes, *taskcenter.routes,
                 *openapi.routes, *metrics.routes, *dashboard.routes],
-        middleware=[*metrics.middleware(), *([Middleware(AccessLog)] if access_log else []),
+        middleware=[*([Middleware(Timed, observers=observers)] if observers else []),
                     Middleware(BodyLimit, render=render_error, bulk_prefixes=admin.BULK_PREFIXES)],
         exception_handlers={EngineError: on_engine_error, HTTPException: on_http_error, Exception: on_unexpected,
                             **{cls: on_redis_unavailable for cls in REDIS_UNAVAILABLE}},

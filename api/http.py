@@ -8,7 +8,7 @@ from __future__ import annotations
 import hmac
 import os
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 import orjson
 from starlette.requests import Request
@@ -107,6 +107,45 @@ def access_log_enabled() -> bool:
     return os.environ.get("TASKHUB_ACCESS_LOG", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+Observer = Callable[[Scope, int, float], None]
+
+
+class Timed:
+    """Times every HTTP request once and hands ``(scope, status, seconds)`` to each observer.
+
+    The access log and the per-route latency histogram (api/metrics.py) both
+    need the status and the duration; one plain-ASGI layer with one timer and
+    one ``send`` wrapper serves both, instead of a middleware each on the
+    start/complete hot path. The scope it passes carries the matched ``route``
+    and the caller that handlers leave in ``state``. Observers must be cheap
+    and must not raise.
+    """
+
+    def __init__(self, app: ASGIApp, observers: Sequence[Observer]) -> None:
+        self.app = app
+        self.observers = tuple(observers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            seconds = time.perf_counter() - started
+            for observe in self.observers:
+                observe(scope, status, seconds)
+
+
 class AccessLog:
     """One line per request: time, method, path, status, duration, caller (never a key or token).
 
@@ -120,10 +159,9 @@ class AccessLog:
     ``caller``; orjson encodes it in about a microsecond.
     """
 
-    def __init__(self, app: ASGIApp, write: Callable[[bytes], Any] | None = None, fmt: str | None = None) -> None:
+    def __init__(self, write: Callable[[bytes], Any] | None = None, fmt: str | None = None) -> None:
         from .logs import log_format
 
-        self.app = app
         self.write = write or (lambda line: os.write(2, line))
         self.json = (fmt or log_format()) == "json"
         self._second = -1
@@ -142,30 +180,16 @@ class AccessLog:
                              "msg": f"{method} {path} {status}", "method": method, "path": path,
                              "status": status, "ms": round(ms, 1), "caller": caller}) + b"\n"
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+    def __call__(self, scope: Scope, status: int, seconds: float) -> None:
+        """An observer of ``Timed``: writes the request's line."""
+        caller = scope.get("state", {}).get("caller", "-")
+        ms = seconds * 1000
+        if self.json:
+            data = self._json(scope["method"], scope["path"], status, ms, caller)
+        else:
+            data = (f"{self._now()} access {scope['method']} {scope['path']} {status} {ms:.1f}ms {caller}\n"
+                    ).encode(errors="replace")
         try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            caller = scope.get("state", {}).get("caller", "-")
-            ms = (time.perf_counter() - started) * 1000
-            if self.json:
-                data = self._json(scope["method"], scope["path"], status, ms, caller)
-            else:
-                data = (f"{self._now()} access {scope['method']} {scope['path']} {status} {ms:.1f}ms {caller}\n"
-                        ).encode(errors="replace")
-            try:
-                self.write(data)
-            except OSError:  # a closed or full stderr must not fail the request
-                pass
+            self.write(data)
+        except OSError:  # a closed or full stderr must not fail the request
+            pass

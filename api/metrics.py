@@ -18,7 +18,7 @@ Two kinds of figures, kept apart on purpose:
   per-process (no live gauges), so a worker's exit needs no
   ``mark_process_dead``: what it counted stays counted.
 
-The request middleware is plain ASGI and does O(1) work per request (one
+The request observer (``RouteLatency``, fed by ``api.http.Timed``) does O(1) work per request (one
 ``perf_counter`` pair, a dict lookup of the cached histogram child, one
 observe) and no Redis command; labels are the route's path template, never the
 raw path, so their number is bounded. ``TASKHUB_METRICS=0`` leaves it out.
@@ -38,11 +38,10 @@ from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.concurrency import run_in_threadpool
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Scope
 
 from engine.telemetry import CONTRACTS, Telemetry
 
@@ -74,7 +73,7 @@ _CLAIMS = {contract: CLAIM_BATCH.labels(contract) for contract in ("stacking", "
 
 
 def enabled() -> bool:
-    """``TASKHUB_METRICS`` (default on): ``0`` leaves the per-request middleware out."""
+    """``TASKHUB_METRICS`` (default on): ``0`` leaves the per-request latency histogram out."""
     return os.environ.get("TASKHUB_METRICS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
@@ -169,43 +168,28 @@ async def scrape(request: Request) -> Response:
     return Response(await run_in_threadpool(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)
 
 
-class RequestMetrics:
-    """Per-route latency histogram, plain ASGI (outermost: it times every other middleware too)."""
+class RouteLatency:
+    """Per-route latency histogram: an observer of ``api.http.Timed`` (which times the whole stack)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self) -> None:
         self._children: dict[tuple[str, str, int], Any] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            # The router leaves the matched route in the scope; its path is the template.
-            # Every part of the key is bounded (a client's made-up method is OTHER), so is the cache.
-            route = scope.get("route")
-            method = scope["method"]
-            key = (method if method in METHODS else "OTHER", route.path if route is not None else UNMATCHED,
-                   status // 100)
-            child = self._children.get(key)
-            if child is None:
-                child = self._children[key] = REQUEST_SECONDS.labels(key[0], key[1], f"{key[2]}xx")
-            child.observe(time.perf_counter() - started)
+    def __call__(self, scope: Scope, status: int, seconds: float) -> None:
+        # The router leaves the matched route in the scope; its path is the template.
+        # Every part of the key is bounded (a client's made-up method is OTHER), so is the cache.
+        route = scope.get("route")
+        method = scope["method"]
+        key = (method if method in METHODS else "OTHER", route.path if route is not None else UNMATCHED,
+               status // 100)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = REQUEST_SECONDS.labels(key[0], key[1], f"{key[2]}xx")
+        child.observe(seconds)
 
 
 routes = [Route("/metrics", scrape, methods=["GET"])]
 
 
-def middleware() -> list[Middleware]:
-    return [Middleware(RequestMetrics)] if enabled() else []
+def observers() -> list[RouteLatency]:
+    """What ``create_app`` gives ``api.http.Timed``: the latency histogram unless ``TASKHUB_METRICS=0``."""
+    return [RouteLatency()] if enabled() else []

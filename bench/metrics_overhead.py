@@ -1,6 +1,6 @@
 """What the /metrics request middleware costs per request, in process (no HTTP server, no sockets).
 
-Two apps in the same run, the same engine, one with ``api.metrics.RequestMetrics``
+Two apps in the same run, the same engine, one with ``api.metrics.RouteLatency``
 and one without (``TASKHUB_METRICS=0``), driven by calling the ASGI app
 directly, alternating rounds so drift hits both alike:
 

@@ -23,7 +23,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from api.app import create_app
-from api.http import AccessLog
+from api.http import AccessLog, Timed
 from api.logs import JsonFormatter, configure_logging, log_format
 from engine.connection import ConfigError
 
@@ -69,7 +69,7 @@ def _env(real_redis_socket: str, tmp_path: Path, db: int = 0, **extra: str) -> d
 def test_access_log_line_is_one_json_object_with_the_request_fields(engine):
     lines: list[bytes] = []
     app = create_app(engine, access_log=False)
-    client = TestClient(AccessLog(app, write=lines.append, fmt="json"))
+    client = TestClient(Timed(app, [AccessLog(write=lines.append, fmt="json")]))
     assert client.get("/api/v1/admin/servers").status_code == 200
     assert client.get("/api/v1/admin/nothing/here").status_code == 404
     assert len(lines) == 2 and all(line.endswith(b"\n") and line.count(b"\n") == 1 for line in lines)
@@ -81,7 +81,7 @@ def test_access_log_line_is_one_json_object_with_the_request_fields(engine):
     assert ok["ts"].endswith("Z") and len(ok["ts"]) == len("2026-01-31T12:00:00.123Z")
     assert (missing["status"], missing["caller"]) == (404, "-")
     text: list[bytes] = []
-    TestClient(AccessLog(app, write=text.append, fmt="text")).get("/api/v1/admin/servers")
+    TestClient(Timed(app, [AccessLog(write=text.append, fmt="text")])).get("/api/v1/admin/servers")
     assert b" access GET /api/v1/admin/servers 200 " in text[0] and not text[0].startswith(b"{")
 
 

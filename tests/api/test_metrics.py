@@ -227,16 +227,16 @@ def test_redis_away_still_answers_with_redis_up_zero(tmp_path, settings):
     assert any(k[0] == "taskhub_http_request_duration_seconds_count" for k in samples)
 
 
-def test_taskhub_metrics_0_leaves_the_request_middleware_out(engine, monkeypatch):
+def test_taskhub_metrics_0_leaves_the_request_histogram_out(engine, monkeypatch):
     monkeypatch.setenv("TASKHUB_METRICS", "0")
-    assert metrics.middleware() == []
+    assert metrics.observers() == []
     client = TestClient(create_app(engine, access_log=False))
     s0 = scrape(client)
     client.post("/api/v1/stacking/links/x/start")
     s1 = scrape(client)
     assert diff(s1, s0, "taskhub_http_request_duration_seconds_count", method="POST", route=START, status="4xx") == 0
     monkeypatch.setenv("TASKHUB_METRICS", "1")
-    assert len(metrics.middleware()) == 1
+    assert len(metrics.observers()) == 1
 
 
 def test_prepare_multiprocess_empties_the_directory_only_for_several_workers(tmp_path, monkeypatch):
