@@ -1,6 +1,12 @@
 """Small builders shared by the tests."""
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator
+
 import orjson
 
 from engine import Engine
@@ -78,3 +84,33 @@ def assert_refused(engine, send, status: int, code: str | None = None) -> dict:
         assert body["code"] == code
     assert state(engine) == before
     return body
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (the caller binds it soon after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(app: Any, port: int | None = None) -> Iterator[str]:
+    """The ASGI ``app`` under a real uvicorn on a thread of this process; yields its base URL.
+
+    For tests that need real HTTP (a browser, a client's sockets and timeouts)
+    while reading the same engine in-process."""
+    import uvicorn
+
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -15,20 +15,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 import uuid
 from pathlib import Path
 
 import orjson
 import pytest
 import redis
-import uvicorn
 
 from api.app import create_app
 from engine import Engine, Settings
-from tests.helpers import link, online_server, request_doc
+from tests.helpers import link, online_server, request_doc, serving
 
 CHROMIUM = next((p for p in ("/usr/bin/chromium", shutil.which("chromium")) if p and Path(p).exists()), None)
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (Debian: apt-get install chromium)"
@@ -37,29 +33,13 @@ TOKEN = "dashboard-test-token"
 WAIT_MS = 8000  # live refresh polls every 2 s
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def live(real_redis_socket):
     """(engine, base url) of the real app serving on a free loopback port."""
     client = redis.Redis(unix_socket_path=real_redis_socket)
     engine = Engine(client, Settings(namespace=f"t{uuid.uuid4().hex[:12]}", plan="pro", admin_token=TOKEN))
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, access_log=False), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield engine, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(engine, access_log=False)) as url:
+        yield engine, url
     client.close()
 
 

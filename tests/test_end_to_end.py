@@ -28,15 +28,10 @@ import redis
 
 from engine.connection import embedded_pid, process_alive
 from tests.test_embedded_redis import kill_servers_of, servers_of
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(port: int, timeout: float = 30) -> None:
@@ -73,10 +68,10 @@ def running_system(tmp_path: Path, **settings: str):
     """The Procfile under honcho on its own embedded Redis; yields a ``System`` (env, port, ...).
 
     Afterwards no redis-server of its directory is left running, whatever happened."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update({"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}", "TASKHUB_VAR": str(tmp_path / "var"),
-                "TASKHUB_PORT": str(port), "TASKHUB_SANDBOX_PORT": str(_free_port()), **settings})
+                "TASKHUB_PORT": str(port), "TASKHUB_SANDBOX_PORT": str(free_port()), **settings})
     log = open(tmp_path / "honcho.log", "w")
     system = subprocess.Popen([str(BIN / "honcho"), "-f", str(REPO / "Procfile"), "-d", str(REPO), "start"],
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

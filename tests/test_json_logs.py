@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from api.app import create_app
 from api.http import AccessLog, Timed
 from api.logs import JsonFormatter, configure_logging, log_format
 from engine.connection import ConfigError
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -42,12 +42,6 @@ def _json_lines(text: str) -> list[dict]:
             except ValueError:
                 pytest.fail(f"not a JSON line: {line!r}\n--- whole output ---\n{text}")
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -117,7 +111,7 @@ def test_log_format_refuses_an_unknown_value(monkeypatch):
 
 
 def test_taskhub_web_writes_only_json_lines(tmp_path, real_redis_socket):
-    port = _free_port()
+    port = free_port()
     env = _env(real_redis_socket, tmp_path, TASKHUB_PORT=str(port), TASKHUB_ACCESS_LOG="1")
     env.pop("TASKHUB_LOG_FORMAT", None)
     err, out = open(tmp_path / "web.err", "wb"), open(tmp_path / "web.out", "wb")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,17 +20,12 @@ import httpx
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 START = "/api/v1/stacking/links/{task_id}/start"
 TASKS = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _samples(base: str) -> dict[tuple, float]:
@@ -57,7 +51,7 @@ def _served_by_file(directory: Path) -> dict[str, float]:
 
 @pytest.fixture
 def web(tmp_path, real_redis_socket):
-    port = _free_port()
+    port = free_port()
     stale = tmp_path / "var" / "metrics" / "histogram_999999.db"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"\0" * 64)  # an earlier run's file: taskhub web must remove it

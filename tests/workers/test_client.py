@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,11 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from api.app import create_app
 from engine import Engine
-from tests.helpers import request_doc
+from tests.helpers import free_port, request_doc, serving
 from workers.client import (AuthError, Conflict, DeviceAgentClient, InvalidRequest, NotFound, StackingClient,
                             StackingWorker, Transport, Unavailable)
 
@@ -28,32 +26,11 @@ REPO = Path(__file__).resolve().parents[2]
 DRIVE = "https://drive.google.com/drive/folders/"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _serve(engine: Engine, port: int) -> tuple[uvicorn.Server, threading.Thread]:
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, access_log=False), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    return server, thread
-
-
 @pytest.fixture
 def live(engine):
     """The base URL of the real app, on the test's engine, serving on a free loopback port."""
-    port = _free_port()
-    server, thread = _serve(engine, port)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(engine, access_log=False)) as url:
+        yield url
 
 
 def _server(engine: Engine, name: str = "tool-1") -> str:
@@ -252,20 +229,16 @@ def test_connection_refused_until_the_server_appears(engine):
     key = _server(engine)
     engine.servers.heartbeat(engine.servers.authenticate(key), {})
     engine.stacking.create_request(request_doc(folders=1, tasks=2))
-    port = _free_port()
+    port = free_port()
     client = StackingClient(f"http://127.0.0.1:{port}", key, backoff_base=0.05, backoff_cap=0.2)
     got: list = []
     puller = threading.Thread(target=lambda: got.append(client.pull(5)))
     puller.start()
     time.sleep(0.8)
     assert puller.is_alive() and client.t.retries >= 2  # still trying
-    server, thread = _serve(engine, port)
-    try:
+    with serving(create_app(engine, access_log=False), port):
         puller.join(timeout=10)
         assert [t["status"] for t in got[0]] == ["register", "register"]
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 # ---- replies lost after the server acted -----------------------------------------
