@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from engine.errors import NotFound
 
-from .cli_support import JSON_FLAG, NEGATIVE, emit
+from .cli_support import JSON_FLAG, NEGATIVE, PROGRESS_FLAGS, emit, follow, progress
 
 Engine = Callable[[], Any]
 ROLE_NAMES = {1: "common", 10: "admin", 100: "root"}
@@ -91,7 +91,8 @@ def cmd_quota(args: argparse.Namespace, engine: Engine) -> int:
         quota = tasks.grant(uid, args.amount)
         emit(args, {"user_id": uid, "quota": quota}, [f"user {uid}: quota {quota}"])
         return 0
-    rows = tasks.audit()
+    with progress(args, None, "user") as bar:
+        rows = tasks.audit(follow(bar))
     ok = all(r["ok"] for r in rows)
     emit(args, {"ok": ok, "users": rows},
          [f"{'ok ' if r['ok'] else 'BAD'} user {r['user_id']} {r['username']}: quota {r['quota']} = grants "
@@ -181,7 +182,7 @@ def register(sub: argparse._SubParsersAction, bind: Callable[[Callable], Callabl
     qgrant = qsub.add_parser("grant", parents=j, help="add (negative: take back) quota")
     qgrant.add_argument("user", help="user id or name")
     qgrant.add_argument("amount", type=int)
-    qsub.add_parser("audit", parents=j, help="exit 1 when any user does not balance")
+    qsub.add_parser("audit", parents=[*j, PROGRESS_FLAGS], help="exit 1 when any user does not balance")
     quota.set_defaults(func=bind(cmd_quota))
 
     center = sub.add_parser("center", help="task center tasks of every user (GET /api/task/)")

@@ -16,8 +16,8 @@ from typing import Any, Callable
 from engine.devices import MAX_IDS
 from engine.errors import EngineError, InvalidInput, Unavailable
 
-from .cli_support import JSON_FLAG, NEGATIVE, PROGRESS_FLAGS, emit, item_error, progress, read_json_file, \
-    write_above
+from .cli_support import (JSON_FLAG, NEGATIVE, PROGRESS_FLAGS, emit, follow, item_error, progress,
+                          read_json_file, write_above)
 
 Engine = Callable[[], Any]
 ACTOR = "operator"
@@ -110,7 +110,8 @@ def cmd_devices(args: argparse.Namespace, engine: Engine) -> int:
         result = devices.core.call(call(args.id, ACTOR))
         emit(args, result, [f"task {result['task_id']}: {STATUS_NAMES[result['status']]}"])
     elif args.action == "retry-all":
-        result = devices.retry_all(ACTOR)
+        with progress(args, None, "task") as bar:
+            result = devices.retry_all(ACTOR, follow(bar))
         emit(args, result, [f"retried {result['retried']} failed tasks"])
     elif args.action == "license":
         emit(args, devices.license())
@@ -140,7 +141,7 @@ def register(sub: argparse._SubParsersAction, bind: Callable[[Callable], Callabl
     dsub.add_parser("stop", parents=j, help="stop a pending or running task (it fails, remark 'stopped')"
                     ).add_argument("id")
     dsub.add_parser("retry", parents=j, help="put a failed task back to pending").add_argument("id")
-    dsub.add_parser("retry-all", parents=j, help="retry every failed task below the retry limit")
+    dsub.add_parser("retry-all", parents=[*j, PROGRESS_FLAGS], help="retry every failed task below the retry limit")
     dsub.add_parser("license", parents=j, help="the plan and what it allows (exit 5 on starter)")
 
     def run(args: argparse.Namespace, engine: Engine) -> int:

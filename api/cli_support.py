@@ -34,7 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import orjson
 import redis
@@ -156,6 +156,16 @@ def progress(args: argparse.Namespace, total: int | None, unit: str) -> Any:
     wanted = getattr(args, "progress", None)
     on = wanted if wanted is not None else (not getattr(args, "json", False) and sys.stderr.isatty())
     return tqdm(total=total, unit=unit, file=sys.stderr, disable=not on, dynamic_ncols=True)
+
+
+def follow(bar: Any) -> Callable[[int, int], None]:
+    """An engine ``progress(done, total)`` callback that moves ``bar`` (totals the engine learns as it goes)."""
+    def advance(done: int, total: int) -> None:
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    return advance
 
 
 def write_above(bar: Any, line: str) -> None:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import random
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -229,13 +229,19 @@ class Devices:
     def retry(self, task_id: Any, actor: str = "api") -> dict:
         return self.core.call(self.retry_call(task_id, actor))
 
-    def retry_all(self, actor: str = "api") -> dict:
-        """Every failed task under the retry limit back to pending, in bounded batches."""
-        cursor, total = "0", 0
+    def retry_all(self, actor: str = "api", progress: Callable[[int, int], None] | None = None) -> dict:
+        """Every failed task under the retry limit back to pending, in bounded batches.
+        ``progress(failed tasks looked at, failed tasks at the start)`` after each batch (the
+        CLI's bar; approximate while tasks keep failing, exact at the end)."""
+        cursor, total, seen = "0", 0, 0
+        failed = self.core.r.zcard(self.k.index("st", 3)) if progress else 0
         while True:
             retried, nxt = self.core.run("retry_all", [self.k.index("st", 3)], cursor, RETRY_ALL_BATCH,
                                          self.s.max_retry_count, actor)
             total += int(retried)
+            if progress:
+                seen = failed if not nxt else min(failed, seen + RETRY_ALL_BATCH)
+                progress(seen, failed)
             if not nxt:
                 return {"retried": total}
             cursor = nxt.decode() if isinstance(nxt, bytes) else str(nxt)

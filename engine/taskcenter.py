@@ -50,7 +50,7 @@ import random
 import secrets
 import string
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import orjson
 
@@ -584,9 +584,11 @@ class TaskCenter:
         return {"timed_out": timed_out, "submissions_requeued": requeued, "timed_out_left": left}
 
     # ---- the audit ---------------------------------------------------------------------------
-    def audit(self) -> list[dict]:
+    def audit(self, progress: Callable[[int, int], None] | None = None) -> list[dict]:
         """Per user: do the balance, the ledger totals, the user's tasks (and the ledger stream,
-        while it is whole) agree? Read-only, in batches; a row with ``ok`` False names what differs."""
+        while it is whole) agree? Read-only, in batches; a row with ``ok`` False names what differs.
+        ``progress(users done, users)`` is called after each user (the CLI's bar: a user's
+        tasks are read in full, so a large system takes a while)."""
         r, k = self.core.r, self.k
         ledger_whole = int(r.hget(k.meta, "ledger_n") or 0) == r.xlen(k.ledger)
         stream: dict[int, int] = {}
@@ -595,7 +597,8 @@ class TaskCenter:
                 uid = int(fields[b"user"])
                 stream[uid] = stream.get(uid, 0) + int(fields[b"delta"])
         rows = []
-        for user in self.users():
+        users = self.users()
+        for user in users:
             uid = user["id"]
             h = r.hgetall(k.user(uid))
             quota, used = int(h[b"quota"]), int(h[b"used"])
@@ -627,6 +630,8 @@ class TaskCenter:
             rows.append({"user_id": uid, "username": user["username"], "quota": quota, "used_quota": used,
                          "granted": granted, "charged": charged, "refunded": refunded,
                          "ledger_stream_checked": ledger_whole, "ok": not problems, "problems": problems})
+            if progress:
+                progress(len(rows), len(users))
         return rows
 
 

@@ -313,6 +313,23 @@ def test_progress_bar_is_off_when_stderr_is_not_a_terminal_and_forced_on_by_the_
     assert "3/3" in out.err and "not found: 1, 2, 3" in out.out
 
 
+def test_audit_and_retry_all_draw_a_bar_that_reaches_the_total(env, capsys):
+    for name in ("ann", "bob", "cy"):
+        env.tasks.create_user(name, quota=1000)
+    env.devices.create({"serials": ["p1", "p2"], "script_name": "post", "script_config": {"captions": "x"}})
+    for task in env.devices.list()["items"]:
+        env.devices.core.call(env.devices.stop_call(task["id"], "test"))
+    capsys.readouterr()
+    assert main(["quota", "audit", "--json", "--progress"]) == 0
+    out = capsys.readouterr()
+    users = json.loads(out.out)["users"]
+    assert f"{len(users)}/{len(users)}" in out.err and "user" in out.err and len(users) >= 3
+    assert main(["devices", "retry-all", "--json", "--progress"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out) == {"retried": 2} and "2/2" in out.err
+    assert main(["quota", "audit", "--json"]) == 0 and capsys.readouterr().err == ""  # not a terminal: no bar
+
+
 def test_progress_bar_is_on_by_default_on_a_terminal(env, tmp_path, capsys, monkeypatch):
     path = tmp_path / "tasks.json"
     path.write_text(json.dumps([{"serials": [f"s{i}"], "script_name": "post", "script_config": {}}
