@@ -62,6 +62,8 @@ RETRY_STATUS = frozenset({429, 502, 503, 504})
 NOTHING_RAN = frozenset({429})
 # Transport errors raised before the request left this process.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# What StackingWorker passes from a handler's result to complete(); anything else fails the task.
+RESULT_FIELDS = frozenset({"link_post", "note"})
 
 
 class ClientError(Exception):
@@ -411,6 +413,8 @@ class StackingWorker:
         try:
             try:
                 result = self.handler(task) or {}
+                if not isinstance(result, dict) or set(result) - RESULT_FIELDS:
+                    raise TypeError(f"the handler returned {result!r}: expected a dict of {sorted(RESULT_FIELDS)}")
             except Exception as exc:  # noqa: BLE001 - any handler failure fails the task
                 reason = f"{type(exc).__name__}: {exc}"
                 log.warning("task %s failed: %s", tid, reason)
@@ -421,9 +425,16 @@ class StackingWorker:
                 return
             try:
                 self._count(outcome if settled() else "settled_elsewhere")
-            except (ClientError, Cancelled) as exc:
-                log.warning("task %s: %s refused: %s", tid, outcome, exc)
-                self._count("refused")
+            except InvalidRequest as exc:
+                if outcome != "completed":
+                    raise
+                # The server refused the result (phase 1 without link_post, say). Failing the task
+                # hands it to the retry manager; left started, heartbeats would hold it forever.
+                log.warning("task %s: complete refused (%s); failing it", tid, exc)
+                self._count("failed" if self.client.fail(tid, f"complete refused: {exc}") else "settled_elsewhere")
+        except (ClientError, Cancelled) as exc:
+            log.warning("task %s: not settled: %s", tid, exc)
+            self._count("refused")
         finally:
             with self._lock:
                 self._running.pop(tid, None)

@@ -107,6 +107,25 @@ def test_a_handler_exception_fails_the_task_with_its_text(engine, live):
         "RuntimeError: Drive quota exceeded for Title 0-0", "RuntimeError: Drive quota exceeded for Title 0-1"]
 
 
+@pytest.mark.parametrize("result, reason", [
+    ({"link": "https://drive.google.com/x"}, "TypeError: the handler returned"),  # a key complete() has not
+    (None, "complete refused: "),  # phase 1 needs link_post: the server answers 400
+])
+def test_a_result_the_server_cannot_take_fails_the_task_instead_of_leaving_it_started(engine, live, result, reason):
+    key = _server(engine)
+    engine.stacking.create_request(request_doc(folders=1, tasks=2, max_retries=0))
+    worker = StackingWorker(StackingClient(live, key), lambda task: result, concurrency=2, idle_sleep=0.05)
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    try:
+        _wait(lambda: worker.counts["failed"] == 2, what="two failures")
+    finally:
+        worker.stop()
+        runner.join(timeout=20)
+    failed = [engine.stacking.task_state(tid) for (tid, to) in _transitions(engine) if to == "profile_failed"]
+    assert len(failed) == 2 and all(t["error_message"].startswith(reason) for t in failed)
+
+
 # ---- one call at a time: the lifecycle and the typed refusals ---------------------
 
 def test_each_call_and_each_refusal_is_typed_and_never_retried(engine, live):
