@@ -346,7 +346,11 @@ def _render_operation(path: str, method: str, op: Schema) -> str:
 
 
 async def docs_page(request: Request) -> Response:
-    return HTMLResponse(render_docs(orjson.loads(document_bytes(request))))
+    """Rendered once per app, like the document (a public page must not cost milliseconds each time)."""
+    state = request.app.state
+    if getattr(state, "docs_html", None) is None:
+        state.docs_html = render_docs(orjson.loads(document_bytes(request)))
+    return HTMLResponse(state.docs_html)
 
 
 routes: list = [

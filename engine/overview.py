@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .devices import STATUS_NAMES
 from .service import Engine
 from .stacking import PHASE2, _counts
 
@@ -41,7 +42,7 @@ BACKLOG = ("NOT_START", "SUBMITTED", "QUEUED", "IN_PROGRESS")
 # The status a failed transition reaches, per contract.
 FAILED = {"stacking": {"profile_failed", "connect_failed", "final_failed"}, "devices": {"3"},
           "tasks": {"FAILURE"}}
-DEVICE_STATUS = {"0": "pending", "1": "running", "2": "completed", "3": "failed", "": "-"}
+DEVICE_STATUS = {**STATUS_NAMES, "": "-"}
 
 
 def _s(v: bytes | None) -> str:

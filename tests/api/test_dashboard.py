@@ -11,6 +11,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from api.app import create_app
+from api import dashboard
 from api.dashboard import COOKIE, session_value
 from engine import Engine
 from engine.overview import MAX_FOLDERS, MAX_REQUESTS
@@ -19,6 +20,13 @@ from tests.helpers import assert_refused, link, online_server, request_doc, stat
 TOKEN = "operator-secret"
 ACT = {"X-Requested-With": "taskhub-dashboard"}
 DEVICE_TASK = {"script_name": "post", "script_config": {"captions": "hi"}}
+
+
+@pytest.fixture(autouse=True)
+def fresh_snapshots(monkeypatch):
+    """These tests change state and read it back at once: no sharing of snapshots between reads
+    (test_open_tabs_share_one_snapshot_until_an_action covers the sharing)."""
+    monkeypatch.setattr(dashboard, "SNAPSHOT_TTL_S", 0.0)
 
 
 @pytest.fixture
@@ -270,3 +278,15 @@ def test_actions_with_a_token_need_the_cookie_or_the_bearer(guarded):
     client.cookies.set(COOKIE, session_value(TOKEN))
     assert client.post(f"/dashboard/actions/device-tasks/{tid}/stop", headers=ACT).status_code == 200
     assert engine.devices.get(tid)["status"] == 3
+
+
+def test_open_tabs_share_one_snapshot_until_an_action(engine, client, monkeypatch):
+    monkeypatch.setattr(dashboard, "SNAPSHOT_TTL_S", 60.0)
+    online_server(engine, "first")
+    assert [s["name"] for s in snapshot(client)["servers"]] == ["first"]
+    online_server(engine, "second")
+    assert [s["name"] for s in snapshot(client)["servers"]] == ["first"]  # within the TTL: the shared one
+    engine.devices.create({"serials": ["p1"], **DEVICE_TASK})
+    task_id = engine.devices.list()["items"][0]["id"]
+    assert client.post(f"/dashboard/actions/device-tasks/{task_id}/stop", headers=ACT).status_code == 200
+    assert sorted(s["name"] for s in snapshot(client)["servers"]) == ["first", "second"]  # the action dropped it
