@@ -49,7 +49,7 @@ from starlette.templating import Jinja2Templates
 from engine.errors import Forbidden
 from engine.overview import Overview
 
-from .http import JSON, Unauthorized, is_loopback
+from .http import JSON, Unauthorized, require_bearer
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -73,18 +73,19 @@ def _token(request: Request) -> str:
     return request.app.state.engine.core.settings.admin_token
 
 
+def _session_cookie(request: Request, token: str) -> bool:
+    return hmac.compare_digest(request.cookies.get(COOKIE, "").encode(), session_value(token).encode())
+
+
 def _authorized(request: Request) -> bool:
-    """Bearer header or session cookie with a token set; loopback without one (raises Forbidden else)."""
-    token = _token(request)
-    if not token:
-        if not is_loopback(request):
-            raise Forbidden("TASKHUB_ADMIN_TOKEN is not set: the dashboard only answers loopback clients")
-        return True
-    given = request.headers.get("authorization", "")
-    if given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode()):
-        return True
-    cookie = request.cookies.get(COOKIE, "")
-    return hmac.compare_digest(cookie.encode(), session_value(token).encode())
+    """The admin API's rule (``require_bearer``) plus the session cookie; False = log in first.
+    Raises Forbidden for a remote client when no token is set."""
+    try:
+        require_bearer(request, _token(request), "TASKHUB_ADMIN_TOKEN", "the dashboard", "",
+                       also=_session_cookie)
+    except Unauthorized:
+        return False
+    return True
 
 
 def _operator(request: Request):

@@ -37,13 +37,16 @@ def is_loopback(request: Request) -> bool:
     return bool(request.client) and request.client.host in LOOPBACK
 
 
-def require_bearer(request: Request, token: str, setting: str, what: str, refused: str) -> None:
+def require_bearer(request: Request, token: str, setting: str, what: str, refused: str,
+                   also: Callable[[Request, str], bool] | None = None) -> None:
     """The operator-style auth every token-guarded API shares: with ``token`` set,
-    ``Authorization: Bearer <token>`` (compared in constant time) or Unauthorized(``refused``);
+    ``Authorization: Bearer <token>`` (compared in constant time), or another credential
+    ``also(request, token)`` accepts (the dashboard's session cookie), or Unauthorized(``refused``);
     unset, loopback clients only (Forbidden naming ``setting``)."""
     if token:
         given = request.headers.get("authorization", "")
-        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
+        if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())
+                or also is not None and also(request, token)):
             raise Unauthorized(refused)
     elif not is_loopback(request):
         raise Forbidden(f"{setting} is not set: {what} only answers loopback clients")
