@@ -25,7 +25,7 @@ from api.app import create_app
 from api.http import AccessLog, Timed
 from api.logs import JsonFormatter, configure_logging, log_format
 from engine.connection import ConfigError
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until_answers
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -119,15 +119,7 @@ def test_taskhub_web_writes_only_json_lines(tmp_path, real_redis_socket):
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/api/v1/admin/servers", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "web.err").read_text()
-            time.sleep(0.2)
+        wait_until_answers(f"{base}/api/v1/admin/servers", proc, tmp_path / "web.err")
         assert httpx.get(f"{base}/api/v1/task/424242").status_code == 404
         assert httpx.post(f"{base}/api/v1/stacking/links", headers={"X-API-Key": "thk_x"}).status_code in (401, 405)
     finally:

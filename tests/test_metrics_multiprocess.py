@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +19,7 @@ import httpx
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until_answers
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -64,15 +63,7 @@ def web(tmp_path, real_redis_socket):
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/metrics", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "web.log").read_text()
-            time.sleep(0.2)
+        wait_until_answers(f"{base}/metrics", proc, tmp_path / "web.log")
         assert not stale.exists()
         yield base, tmp_path / "var" / "metrics"
     finally:

@@ -87,6 +87,19 @@ def test_a_worker_drives_a_request_through_both_phases(engine, live):
     assert server["last_heartbeat_ms"]
 
 
+def _failed_by_worker(engine: Engine, live: str, key: str, handle, n: int) -> list[dict]:
+    """Run a StackingWorker with ``handle`` until it has failed ``n`` tasks; their states."""
+    worker = StackingWorker(StackingClient(live, key), handle, concurrency=2, idle_sleep=0.05)
+    runner = threading.Thread(target=worker.run)
+    runner.start()
+    try:
+        _wait(lambda: worker.counts["failed"] == n, what=f"{n} failures")
+    finally:
+        worker.stop()
+        runner.join(timeout=20)
+    return [engine.stacking.task_state(tid) for (tid, to) in _transitions(engine) if to == "profile_failed"]
+
+
 def test_a_handler_exception_fails_the_task_with_its_text(engine, live):
     key = _server(engine)
     engine.stacking.create_request(request_doc(folders=1, tasks=2, max_retries=0))
@@ -94,15 +107,7 @@ def test_a_handler_exception_fails_the_task_with_its_text(engine, live):
     def handle(task: dict) -> dict:
         raise RuntimeError(f"Drive quota exceeded for {task['title']}")
 
-    worker = StackingWorker(StackingClient(live, key), handle, concurrency=2, idle_sleep=0.05)
-    runner = threading.Thread(target=worker.run)
-    runner.start()
-    try:
-        _wait(lambda: worker.counts["failed"] == 2, what="two failures")
-    finally:
-        worker.stop()
-        runner.join(timeout=20)
-    failed = [engine.stacking.task_state(tid) for (tid, to) in _transitions(engine) if to == "profile_failed"]
+    failed = _failed_by_worker(engine, live, key, handle, 2)
     assert sorted(t["error_message"] for t in failed) == [
         "RuntimeError: Drive quota exceeded for Title 0-0", "RuntimeError: Drive quota exceeded for Title 0-1"]
 
@@ -114,15 +119,7 @@ def test_a_handler_exception_fails_the_task_with_its_text(engine, live):
 def test_a_result_the_server_cannot_take_fails_the_task_instead_of_leaving_it_started(engine, live, result, reason):
     key = _server(engine)
     engine.stacking.create_request(request_doc(folders=1, tasks=2, max_retries=0))
-    worker = StackingWorker(StackingClient(live, key), lambda task: result, concurrency=2, idle_sleep=0.05)
-    runner = threading.Thread(target=worker.run)
-    runner.start()
-    try:
-        _wait(lambda: worker.counts["failed"] == 2, what="two failures")
-    finally:
-        worker.stop()
-        runner.join(timeout=20)
-    failed = [engine.stacking.task_state(tid) for (tid, to) in _transitions(engine) if to == "profile_failed"]
+    failed = _failed_by_worker(engine, live, key, lambda task: result, 2)
     assert len(failed) == 2 and all(t["error_message"].startswith(reason) for t in failed)
 
 
