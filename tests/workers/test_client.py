@@ -316,11 +316,14 @@ def test_a_409_after_a_refused_connection_is_a_real_refusal(engine, live):
 # ---- shutdown on SIGTERM, in a real process --------------------------------------
 
 WORKER = """
-import sys, time
+import sys, threading, time
 from workers.client import StackingClient, StackingWorker
 
+say = threading.Lock()  # handlers run on threads: one whole line at a time
+
 def handle(task):
-    print("start", task["id"], flush=True)
+    with say:
+        print("start", task["id"], flush=True)
     time.sleep(float(sys.argv[3]))
     return {"link_post": "https://drive.google.com/drive/folders/" + task["id"]}
 
@@ -334,7 +337,13 @@ def _sigterm_after_three_starts(tmp_path: Path, live: str, key: str, work_s: flo
     (tmp_path / "worker.py").write_text(WORKER)
     proc = subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), live, key, str(work_s), str(grace_s)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    started = [proc.stdout.readline().split()[1] for _ in range(3)]
+    started = []
+    for _ in range(3):
+        line = proc.stdout.readline()
+        if not line.startswith("start "):
+            proc.kill()
+            raise AssertionError(f"the worker said {line!r} before three starts; stderr:\n{proc.communicate()[1]}")
+        started.append(line.split()[1])
     proc.send_signal(signal.SIGTERM)
     sent = time.monotonic()
     out, err = proc.communicate(timeout=30)
