@@ -230,9 +230,15 @@ def test_200_jobs_5_users_worker_killed_mid_job_every_failure_refunded_once(tmp_
                 job = jobs[t["task_id"]]
                 assert t["user_id"] == job["user"] and t["action"] == job["action"]
                 assert t["quota"] == (50_000 if job["action"] == "MUSIC" else 5_000)
+                # a job can also end on transient 503s: with TASKHUB_SANDBOX_ERROR_RATE=0.1 and the
+                # killed submitter's lapsed try counted, 3 answers of 503 in a row (p = 0.001 per
+                # task) use up its attempts; that is a failure too, of the other kind
+                transient = "simulated transient error" in t["fail_reason"]
                 if job["fail"]:
                     assert t["status"] == "FAILURE", t
-                    assert "fail" in t["fail_reason"], t
+                    assert "the prompt asked to fail" in t["fail_reason"] or transient, t
+                elif t["status"] == "FAILURE":
+                    assert "simulated failure" in t["fail_reason"] or transient, t
             print("statuses:", Counter(t["status"] for t in tasks),
                   "fail reasons:", Counter(t["fail_reason"] for t in failures))
 
