@@ -173,7 +173,7 @@ def cmd_web(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """RQ worker; keeps running while Redis is away (workers/runner.py)."""
-    from engine.connection import connect
+    from engine.connection import connect_rq
     from workers.jobs import QUEUE
     from workers.runner import run_worker
 
@@ -181,19 +181,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     configure_logging()  # and, in JSON mode, a root handler that RQ's loggers use instead of their own
     # RQ logs several lines per job; ours logs one (workers.jobs), so RQ's go to WARNING.
-    return run_worker(connect(), QUEUE)
+    return run_worker(connect_rq(), QUEUE)
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
     """RQ's CronScheduler; keeps running while Redis is away (workers/runner.py)."""
-    from engine.connection import connect
+    from engine.connection import connect_rq
     from workers.runner import run_scheduler
     from workers.scheduler import build
 
     from .logs import configure_logging
 
     configure_logging()
-    return run_scheduler(connect(), build)
+    return run_scheduler(connect_rq(), build)
 
 
 def cmd_agent(args: argparse.Namespace) -> int:

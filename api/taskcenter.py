@@ -125,7 +125,7 @@ def _kick_submitter(request: Request) -> None:
     try:
         from workers.jobs import enqueue_submit
 
-        enqueue_submit(request.app.state.engine.tasks.core.r)
+        enqueue_submit(request.app.state.engine.rq_client())
     except Exception as exc:  # noqa: BLE001 - the periodic job covers it
         log.warning("could not enqueue the submit job (the periodic one will submit): %s", exc)
 

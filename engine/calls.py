@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from redis.exceptions import NoScriptError
+from redis.cluster import RedisCluster
+from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
 
 from .scripts import ScriptSet
 
@@ -83,13 +84,84 @@ def run_batch(client: Any, scripts: ScriptSet, calls: Sequence[Call]) -> list[tu
 
 
 def _execute(client: Any, scripts: ScriptSet, calls: Sequence[Call]) -> list[list]:
-    pipe = client.pipeline(transaction=False)
-    for call in calls:
-        queue(pipe, scripts, call)
-    flat = pipe.execute(raise_on_error=False)
+    if isinstance(client, RedisCluster):
+        flat = _execute_on_cluster(client, scripts, calls)
+    else:
+        pipe = client.pipeline(transaction=False)
+        for call in calls:
+            queue(pipe, scripts, call)
+        flat = pipe.execute(raise_on_error=False)
     out, i = [], 0
     for call in calls:
         n = len(call.commands)
         out.append(flat[i:i + n])
         i += n
     return out
+
+
+MAX_REDIRECTS = 5
+
+
+def _first_key(c: Script | Command) -> str:
+    return c.keys[0] if isinstance(c, Script) else c.args[1]
+
+
+def _execute_on_cluster(rc: RedisCluster, scripts: ScriptSet, calls: Sequence[Call]) -> list:
+    """The commands of ``calls``, one plain pipeline per node that owns their slots.
+
+    redis-py's ``ClusterPipeline`` refuses EVALSHA, so commands are grouped by
+    the node that owns each one's slot (every command's keys share one slot:
+    one hash tag per contract shard) and sent on that node's own connection.
+    A command of a multi-shard call (a fan-out read) goes to its own node; the
+    call's ``finish`` sees the replies in the order it listed them. A MOVED or
+    ASK reply means the command did not run there (slots moving between
+    nodes): the slot map is refreshed and only those commands are sent again,
+    to the node named (ASK with ASKING first). Connection errors propagate, as
+    on one Redis: nothing that may have run is resent.
+    """
+    flat = [c for call in calls for c in call.commands]
+    replies: list[Any] = [None] * len(flat)
+    todo = list(range(len(flat)))
+    asking: dict[int, Any] = {}
+    for attempt in range(MAX_REDIRECTS + 1):
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        for i in todo:
+            node = asking.get(i) or rc.nodes_manager.get_node_from_slot(rc.keyslot(_first_key(flat[i])))
+            groups.setdefault(node.name, (node, []))[1].append(i)
+        redirected: list[int] = []
+        asking = {}
+        for node, idx in groups.values():
+            pipe = rc.get_redis_connection(node).pipeline(transaction=False)
+            for i in idx:
+                c = flat[i]
+                if attempt and isinstance(replies[i], AskError):
+                    pipe.execute_command("ASKING")
+                if isinstance(c, Script):
+                    pipe.execute_command("EVALSHA", scripts.sha(c.verb, len(c.keys)), len(c.keys), *c.keys, *c.args)
+                else:
+                    pipe.execute_command(*c.args)
+            got = pipe.execute(raise_on_error=False)
+            got = [g for g, keep in zip(got, _answer_mask(idx, replies, attempt)) if keep]
+            for i, reply in zip(idx, got):
+                replies[i] = reply
+                if isinstance(reply, (MovedError, AskError, TryAgainError)) and attempt < MAX_REDIRECTS:
+                    redirected.append(i)
+                    if isinstance(reply, AskError):
+                        asking[i] = rc.nodes_manager.get_node(host=reply.host, port=reply.port) or \
+                            rc.nodes_manager.get_node(node_name=f"{reply.host}:{reply.port}")
+        if not redirected:
+            break
+        if any(isinstance(replies[i], MovedError) for i in redirected):
+            rc.nodes_manager.initialize()
+        todo = redirected
+    return replies
+
+
+def _answer_mask(idx: list[int], replies: list, attempt: int) -> list[bool]:
+    """Which pipeline replies are the commands' own (an ASKING sent before a command answers OK too)."""
+    mask: list[bool] = []
+    for i in idx:
+        if attempt and isinstance(replies[i], AskError):
+            mask.append(False)
+        mask.append(True)
+    return mask

@@ -29,6 +29,15 @@ def _env_seconds_ms(name: str, default_s: float) -> int:
     return int(float(raw) * 1000) if raw not in (None, "") else int(default_s * 1000)
 
 
+def _shards(contract: str) -> int:
+    """``TASKHUB_SHARDS_<CONTRACT>``, else ``TASKHUB_SHARDS``, else 1; 1..256."""
+    name = f"TASKHUB_SHARDS_{contract}"
+    raw = (os.environ.get(name) or "").strip() or (os.environ.get("TASKHUB_SHARDS") or "").strip() or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= 256:
+        raise ValueError(f"{name} (or TASKHUB_SHARDS) must be a whole number from 1 to 256, not {raw!r}")
+    return int(raw)
+
+
 @dataclass
 class Settings:
     """Engine configuration; tests build one directly with small numbers."""
@@ -57,6 +66,10 @@ class Settings:
     poll_interval_ms: int = 15_000
     task_timeout_ms: int = 1440 * 60_000
     upstream_timeout_s: float = 30.0
+    # hash-tag shards per contract (engine/shards.py); 1 = the single tag {<contract>}
+    shards_stacking: int = 1
+    shards_devices: int = 1
+    shards_tasks: int = 1
     clock: Clock = field(default=wall_clock_ms)
 
     @classmethod
@@ -86,4 +99,7 @@ class Settings:
             poll_interval_ms=_env_seconds_ms("TASKHUB_POLL_INTERVAL", 15),
             task_timeout_ms=_env_int("TASKHUB_TASK_TIMEOUT_MINUTES", 1440) * 60_000,
             upstream_timeout_s=float(os.environ.get("TASKHUB_UPSTREAM_TIMEOUT") or 30),
+            shards_stacking=_shards("STACKING"),
+            shards_devices=_shards("DEVICES"),
+            shards_tasks=_shards("TASKS"),
         )

@@ -438,9 +438,69 @@ CLIENT_OPTIONS = dict(socket_timeout=None, socket_connect_timeout=5, retry=Retry
                       health_check_interval=30)
 
 
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], dict]:
+    """``redis+cluster://[user:password@]host:port[,host:port...][/]``: the startup nodes and
+    connection options. Any node will do to discover the rest; listing several survives
+    one being down at start. ``rediss+cluster://`` uses TLS."""
+    from urllib.parse import unquote
+
+    scheme, rest = url.split("://", 1)
+    rest = rest.split("/", 1)[0]
+    options: dict = {"ssl": True} if scheme.startswith("rediss") else {}
+    if "@" in rest:
+        auth, rest = rest.rsplit("@", 1)
+        user, _, password = auth.partition(":") if ":" in auth else ("", "", auth)
+        if user:
+            options["username"] = unquote(user)
+        if password:
+            options["password"] = unquote(password)
+    nodes = []
+    for part in filter(None, rest.split(",")):
+        host, sep, port = part.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ConfigError(f"REDIS_URL: cluster node {part!r} must be host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    if not nodes:
+        raise ConfigError("REDIS_URL: a redis+cluster:// URL needs at least one host:port")
+    return nodes, options
+
+
 def connect(url: str | None = None) -> redis.Redis:
-    """A client for ``url``, ``$REDIS_URL``, or the embedded server (started if needed)."""
+    """A client for ``url``, ``$REDIS_URL``, or the embedded server (started if needed).
+
+    A ``redis+cluster://`` URL gives a ``RedisCluster`` client, with the same
+    rule: no command is ever resent after a connection error or timeout
+    (``retry`` with 0 retries; a MOVED or ASK reply, which means "not run
+    here", is still followed). Batches on a cluster run as one pipeline per
+    node (``engine/calls.py``).
+    """
     url = url or os.environ.get("REDIS_URL")
+    if url and url.startswith(CLUSTER_SCHEMES):
+        from redis.cluster import ClusterNode, RedisCluster
+
+        nodes, options = cluster_nodes(url)
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], **options, **CLIENT_OPTIONS)
     if url:
         return redis.Redis.from_url(url, **CLIENT_OPTIONS)
     return redis.Redis(unix_socket_path=str(ensure_embedded()), **CLIENT_OPTIONS)
+
+
+def connect_rq() -> redis.Redis:
+    """The client for RQ's job queue: ``TASKHUB_RQ_URL``, else the task-state client.
+
+    RQ needs a plain Redis (its registries and queues are keys across slots, and
+    it uses MULTI over them), so with task state on a cluster ``TASKHUB_RQ_URL``
+    must name a plain server; a cluster without it is refused with that message.
+    """
+    url = os.environ.get("TASKHUB_RQ_URL", "").strip()
+    if url.startswith(CLUSTER_SCHEMES):
+        raise ConfigError("TASKHUB_RQ_URL must be a plain Redis (redis:// or unix://): RQ does not run on a cluster")
+    if url:
+        return redis.Redis.from_url(url, **CLIENT_OPTIONS)
+    main = os.environ.get("REDIS_URL", "")
+    if main.startswith(CLUSTER_SCHEMES):
+        raise ConfigError("REDIS_URL is a cluster: set TASKHUB_RQ_URL to a plain Redis for RQ's job queue")
+    return connect()

@@ -18,11 +18,21 @@ from .scripts import ScriptSet
 
 
 class Core:
-    def __init__(self, client: redis.Redis, settings: Settings, keys: Keys) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, keys: Keys, scripts: ScriptSet | None = None) -> None:
         self.r = client
         self.settings = settings
         self.keys = keys
-        self.scripts = ScriptSet(client, keys.contract)
+        self.scripts = scripts or ScriptSet(client, keys.contract)
+
+    def node(self) -> redis.Redis:
+        """A plain client of the server holding this core's keys: the client itself, or on a
+        cluster the node owning this shard's slot (for a MULTI, which a cluster pipeline
+        cannot hold with scripts in it)."""
+        from redis.cluster import RedisCluster
+
+        if isinstance(self.r, RedisCluster):
+            return self.r.get_redis_connection(self.r.get_node_from_key(self.keys.prefix))
+        return self.r
 
     def now(self) -> int:
         return self.settings.clock()

@@ -14,13 +14,43 @@ counters, events, an id sequence); each contract subclasses it for its own.
 from __future__ import annotations
 
 
-class Keys:
-    """Key builder for one contract (and shard) in one namespace (tests give each test its own)."""
+SLOTS = 16384
 
-    def __init__(self, namespace: str, contract: str, shard: int | None = None) -> None:
+
+def shard_tag(contract: str, shard: int, shards: int) -> str:
+    """The hash tag of shard ``shard`` of ``shards``: ``<contract>:<shard>``, or with the
+    smallest suffix ``.<n>`` that puts its slot in the ``shard``-th ``shards``-th of the
+    slot space.
+
+    ``redis-cli --cluster create`` gives each of M masters an equal run of
+    slots, so shards placed in equal runs of their own land on different
+    masters whenever shards <= M (with plain ``{stacking:0}``..``{stacking:2}``
+    two of three shards share a master). The tag is a pure function of its
+    arguments, so every process agrees on it; changing ``shards`` changes tags
+    (README, "Changing the number of shards").
+    """
+    from redis.crc import key_slot
+
+    low, high = shard * SLOTS // shards, (shard + 1) * SLOTS // shards
+    base = f"{contract}:{shard}"
+    if low <= key_slot(base.encode()) < high:
+        return base
+    n = 0
+    while not low <= key_slot(f"{base}.{n}".encode()) < high:
+        n += 1
+    return f"{base}.{n}"
+
+
+class Keys:
+    """Key builder for one contract (and shard) in one namespace (tests give each test its own).
+
+    ``shard`` None (one shard, the default) keeps the tag ``{<contract>}``.
+    """
+
+    def __init__(self, namespace: str, contract: str, shard: int | None = None, shards: int = 1) -> None:
         self.contract = contract
         self.shard = shard
-        self.tag = contract if shard is None else f"{contract}:{shard}"
+        self.tag = contract if shard is None else shard_tag(contract, shard, max(shards, shard + 1))
         self.prefix = f"{namespace}:{{{self.tag}}}:"
 
     def _k(self, suffix: str) -> str:
@@ -63,8 +93,8 @@ class Keys:
 class StackingKeys(Keys):
     """Requests, folders, task bodies and servers of the stacking contract."""
 
-    def __init__(self, namespace: str, shard: int | None = None) -> None:
-        super().__init__(namespace, "stacking", shard)
+    def __init__(self, namespace: str, shard: int | None = None, shards: int = 1) -> None:
+        super().__init__(namespace, "stacking", shard, shards)
 
     def folder(self, folder_id: str) -> str:
         return self._k(f"f:{folder_id}")
@@ -127,8 +157,8 @@ class StackingKeys(Keys):
 class DeviceKeys(Keys):
     """Device tasks: list indexes, per-device queues, devices and their accounts."""
 
-    def __init__(self, namespace: str, shard: int | None = None) -> None:
-        super().__init__(namespace, "devices", shard)
+    def __init__(self, namespace: str, shard: int | None = None, shards: int = 1) -> None:
+        super().__init__(namespace, "devices", shard, shards)
 
     def index(self, name: str, value: str | int | None = None) -> str:
         """A list index, score = task id: ``all``, ``st`` (status), ``se`` (serial), ``sc`` (script), ``src``."""
@@ -178,8 +208,8 @@ class TaskCenterKeys(Keys):
     cells: exact totals by ZCOUNT, pages by merging their heads.
     """
 
-    def __init__(self, namespace: str, shard: int | None = None) -> None:
-        super().__init__(namespace, "tasks", shard)
+    def __init__(self, namespace: str, shard: int | None = None, shards: int = 1) -> None:
+        super().__init__(namespace, "tasks", shard, shards)
 
     @property
     def public_ids(self) -> str:

@@ -13,13 +13,16 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
 
 import orjson
 
 from .calls import Call
 from .core import Core
 from .errors import InvalidInput, InvalidKey, NotFound, raise_for
+
+if TYPE_CHECKING:
+    from .shards import Shards
 
 T = TypeVar("T")
 STACKING_SERVICES = frozenset({"stacking", "google_stacking"})
@@ -119,9 +122,28 @@ def auth_first(core: Core, who: Who, check: Callable[[], T], stacking: bool = Tr
 
 
 class Servers:
-    def __init__(self, core: Core) -> None:
-        self.core = core
-        self.k = core.keys
+    """Worker servers of the stacking contract.
+
+    With several stacking shards, every shard holds a copy of the server
+    registry (``s:``, ``skey:``, ``sname:``, ``servers``), because each
+    shard's transition scripts authenticate the caller inside themselves
+    (includes/auth.lua) and a script may only touch its own shard. Writes
+    (create, heartbeat, status, delete) go to every shard in one call, one
+    round trip per node; reads (get, list, authenticate) use shard 0. A write
+    is atomic per shard, not across shards: if Redis fails midway, the
+    operator's command reports the error and running it again converges
+    (create excepted: a name taken on some shards is refused, and the partial
+    server is deleted again).
+    """
+
+    def __init__(self, shards: "Shards") -> None:
+        self.shards = shards
+        self.core = shards.home
+        self.k = self.core.keys
+
+    def _everywhere(self, verb: str, keys: Callable[[Core], list[str]], *args: Any) -> list:
+        """Run script ``verb`` on every shard in one call; the replies, shard by shard."""
+        return self.core.call(Call([c.script(verb, keys(c), *args) for c in self.shards], lambda replies: replies))
 
     def create(self, name: Any, services: Any = None, max_threads: Any = 10) -> dict:
         """Create a server; the returned ``api_key`` is never stored and cannot be shown again.
@@ -145,8 +167,14 @@ class Servers:
         sid = uuid.uuid4().hex
         api_key = "thk_" + secrets.token_urlsafe(32)
         kh = hash_key(api_key)
-        raise_for(self.core.run("create_server", [self.k.server(sid), self.k.server_key(kh), self.k.servers],
-                                name, ",".join(services), kh, max_threads), "server")
+        replies = self._everywhere("create_server", lambda c: [c.keys.server(sid), c.keys.server_key(kh),
+                                                               c.keys.servers],
+                                   name, ",".join(services), kh, max_threads)
+        refused = next((r for r in replies if r[0] != b"ok"), None)
+        if refused is not None:
+            if any(r[0] == b"ok" for r in replies):  # taken on some shards only: undo the rest
+                self._everywhere("set_server_status", lambda c: [c.keys.server(sid)], "deleted")
+            raise_for(refused, "server")
         return {"id": sid, "name": name, "services": services, "max_threads": max_threads, "api_key": api_key}
 
     def authenticate(self, api_key: str | None) -> Caller:
@@ -177,17 +205,18 @@ class Servers:
             reply = raise_for(replies[0], "server")
             return {"status": "ok", "server_id": reply[3].decode(), "server_name": reply[2].decode()}
 
-        return Call([self.core.script("heartbeat", [caller_key(self.core, who)], orjson.dumps(metrics),
-                                      metrics.get("ip") or "")], finish)
+        encoded, ip = orjson.dumps(metrics), metrics.get("ip") or ""
+        return Call([c.script("heartbeat", [caller_key(c, who)], encoded, ip) for c in self.shards], finish)
 
     def set_status(self, sid: str, status: str) -> str:
         """Operator sets online/offline/maintenance; returns the previous status."""
         if status not in OPERATOR_STATUSES:
             raise InvalidInput(f"status must be one of {', '.join(OPERATOR_STATUSES)}")
-        return raise_for(self.core.run("set_server_status", [self.k.server(sid)], status), "server")[1].decode()
+        replies = self._everywhere("set_server_status", lambda c: [c.keys.server(sid)], status)
+        return raise_for(replies[0], "server")[1].decode()
 
     def delete(self, sid: str) -> None:
-        raise_for(self.core.run("set_server_status", [self.k.server(sid)], "deleted"), "server")
+        raise_for(self._everywhere("set_server_status", lambda c: [c.keys.server(sid)], "deleted")[0], "server")
 
     def get(self, sid: str) -> dict:
         raw = self.core.r.hgetall(self.k.server(sid))

@@ -1,16 +1,17 @@
 """``Engine``: every contract's operations on one Redis, as the API and workers use them."""
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 
 import redis
 
 from .config import Settings
-from .connection import connect
-from .core import Core
+from .connection import connect, connect_rq
 from .devices import Devices
 from .keys import DeviceKeys, StackingKeys, TaskCenterKeys
 from .servers import Servers
+from .shards import Shards
 from .stacking import Stacking
 from .taskcenter import TaskCenter
 
@@ -18,11 +19,29 @@ from .taskcenter import TaskCenter
 class Engine:
     def __init__(self, client: redis.Redis, settings: Settings | None = None) -> None:
         settings = settings or Settings()
-        self.core = Core(client, settings, StackingKeys(settings.namespace))
-        self.servers = Servers(self.core)
-        self.stacking = Stacking(self.core)
-        self.devices = Devices(Core(client, settings, DeviceKeys(settings.namespace)))
-        self.tasks = TaskCenter(Core(client, settings, TaskCenterKeys(settings.namespace)))
+        ns = settings.namespace
+        self.r = client
+        self.stacking_shards = Shards(client, settings, lambda i, n: StackingKeys(ns, i, n), settings.shards_stacking)
+        self.device_shards = Shards(client, settings, lambda i, n: DeviceKeys(ns, i, n), settings.shards_devices)
+        self.task_shards = Shards(client, settings, lambda i, n: TaskCenterKeys(ns, i, n), settings.shards_tasks)
+        self.core = self.stacking_shards.home
+        self.servers = Servers(self.stacking_shards)
+        self.stacking = Stacking(self.stacking_shards)
+        self.devices = Devices(self.device_shards.home)
+        self.tasks = TaskCenter(self.task_shards.home)
+        self._rq: redis.Redis | None = None
+
+    def rq_client(self) -> redis.Redis:
+        """Where RQ's jobs go: ``TASKHUB_RQ_URL`` when set or when task state is on a cluster
+        (``engine.connection.connect_rq``), else this engine's own client."""
+        from redis.cluster import RedisCluster
+
+        if self._rq is None:
+            if os.environ.get("TASKHUB_RQ_URL") or isinstance(self.r, RedisCluster):
+                self._rq = connect_rq()
+            else:
+                self._rq = self.r
+        return self._rq
 
     @classmethod
     def from_env(cls) -> "Engine":

@@ -19,7 +19,10 @@ import pytest
 import redis
 
 from engine import Engine, Settings
-from engine.connection import redis_server_binary
+from engine.connection import connect, redis_server_binary
+from redis.cluster import RedisCluster
+
+from tests.cluster import LocalCluster
 
 
 class FakeClock:
@@ -61,14 +64,39 @@ def real_redis_socket():
     shutil.rmtree(directory, ignore_errors=True)
 
 
-@pytest.fixture(params=["fake", "real"])
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A real 3-master Redis Cluster on loopback for the whole session (tests/cluster.py)."""
+    with LocalCluster(masters=3) as cluster:
+        yield cluster
+
+
+CLUSTER_SHARDS = 3
+
+
+@pytest.fixture(params=["fake", "real", "cluster"])
 def redis_client(request):
+    """fakeredis, a real Redis, and a real 3-master cluster with every contract in 3 shards.
+
+    A test marked ``one_redis`` reads or writes keys in a way only one server
+    allows (a layout detail, a MULTI over several keys of one contract...) and
+    is skipped on the cluster, saying so.
+    """
     if request.param == "fake":
         client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    else:
+    elif request.param == "real":
         client = redis.Redis(unix_socket_path=request.getfixturevalue("real_redis_socket"))
+    else:
+        marker = request.node.get_closest_marker("one_redis")
+        if marker is not None:
+            pytest.skip(f"one Redis only: {marker.args[0] if marker.args else 'layout-specific'}")
+        client = connect(request.getfixturevalue("redis_cluster").url)
     yield client
     client.close()
+
+
+def is_cluster(client) -> bool:
+    return isinstance(client, RedisCluster)
 
 
 @pytest.fixture
@@ -77,8 +105,13 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def settings(clock) -> Settings:
-    return Settings(namespace=f"t{uuid.uuid4().hex[:12]}", clock=clock)
+def settings(clock, request) -> Settings:
+    """Fresh namespace per test; on the cluster backend every contract has CLUSTER_SHARDS shards."""
+    n = 1
+    if "redis_client" in request.fixturenames and is_cluster(request.getfixturevalue("redis_client")):
+        n = CLUSTER_SHARDS
+    return Settings(namespace=f"t{uuid.uuid4().hex[:12]}", clock=clock, shards_stacking=n, shards_devices=n,
+                    shards_tasks=n)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ elapsed time.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from functools import lru_cache
 from typing import Callable
@@ -32,8 +33,9 @@ def engine() -> Engine:
     from engine import Settings
 
     job = get_current_job()
-    if job is not None:
+    if job is not None and not os.environ.get("TASKHUB_RQ_URL"):
         return Engine(job.connection, Settings.from_env())
+    # task state elsewhere than RQ's queue (a cluster, engine/connection.py connect_rq): REDIS_URL
     return Engine.from_env()  # called outside RQ (e.g. by hand)
 
 
