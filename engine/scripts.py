@@ -74,7 +74,16 @@ class ScriptSet:
         return script.sha
 
     def load_all(self) -> None:
-        """SCRIPT LOAD every script (after NOSCRIPT: the server lost its script cache)."""
+        """SCRIPT LOAD every script (after NOSCRIPT: the server lost its script cache).
+
+        On a cluster each SCRIPT LOAD goes to every primary (redis-py's routing for it);
+        a cluster pipeline cannot carry it."""
+        from redis.cluster import RedisCluster
+
+        if isinstance(self.client, RedisCluster):
+            for _, script in self._scripts.values():
+                self.client.script_load(script.script)
+            return
         pipe = self.client.pipeline(transaction=False)
         for _, script in self._scripts.values():
             pipe.script_load(script.script)

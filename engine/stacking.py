@@ -36,6 +36,7 @@ from .calls import Call, Command
 from .core import Core
 from .errors import Conflict, InvalidInput, NotFound, raise_for
 from .servers import Who, auth_first, caller_key
+from .shards import Shards
 
 DOMAINS = ("docs.google.com", "slides.google.com", "sheets.google.com")
 MODES = ("chain", "ring", "all", "wheel", "disable")
@@ -140,10 +141,11 @@ CANCEL_BATCH = 1000  # tasks looked at per cancel_request call (whole folders)
 
 
 class Stacking:
-    def __init__(self, core: Core) -> None:
-        self.core = core
-        self.k = core.keys
-        self.s = core.settings
+    def __init__(self, shards: Shards) -> None:
+        self.shards = shards
+        self.core = shards.home
+        self.k = self.core.keys
+        self.s = self.core.settings
 
     # ---- operator side -------------------------------------------------
     def create_request(self, spec: Any, progress: Callable[[int], Any] | None = None) -> dict:
@@ -159,21 +161,24 @@ class Stacking:
         """
         rid, website, mode, mr, folders = self._validate_request(spec)
         ntasks = sum(len(tasks) for _, tasks in folders)
-        k, run = self.k, self.core.run
+        core = self.shards.for_name(rid)
+        k, run = core.keys, core.run
         self._refuse_used_folders([fid for fid, _ in folders])
         token = uuid.uuid4().hex
         first = int(raise_for(run("import_begin", [k.request(rid), k.seq, k.imports], token, website, mode, mr,
                                   len(folders), ntasks), "request")[1])
+        node = core.node()
+        shard = core.keys.shard if self.shards.n > 1 else None
         try:
-            for args, bodies in self._chunks(folders, first, website):
-                pipe = self.core.r.pipeline(transaction=True)
+            for args, bodies in self._chunks(folders, first, website, shard):
+                pipe = node.pipeline(transaction=True)
                 pipe.hset(k.bodies, mapping=bodies)
                 run("import_tasks", [k.request(rid), k.bodies], token, *args, client=pipe)
                 stored = int(raise_for(pipe.execute()[-1], "request")[1])
                 if progress:
                     progress(stored)
         except BaseException:
-            self._abort_import(rid, token)
+            self._abort_import(core, rid, token)
             raise
         while int(raise_for(run("import_publish", [k.request(rid)], token, PUBLISH_BATCH), "request")[1]) > 0:
             pass
@@ -183,24 +188,29 @@ class Stacking:
         """Refuse a folder id another request already uses before anything is written.
 
         Only a fast path for the common refusal (import_tasks re-checks each
-        folder atomically): checked here, a refused import does not even move
-        the order counter. One EXISTS per 1000 folders.
+        folder atomically on the request's shard): checked here, a refused
+        import does not even move the order counter. One EXISTS per 1000
+        folders per shard. With several shards this is also the only check
+        against a folder of a request on *another* shard, so two imports of
+        one new folder racing on two shards can both pass (README, "running on
+        a cluster").
         """
-        r, k = self.core.r, self.k
-        for i in range(0, len(fids), 1000):
-            batch = fids[i:i + 1000]
-            if r.exists(*(k.folder(fid) for fid in batch)):
-                pipe = r.pipeline(transaction=False)
-                for fid in batch:
-                    pipe.exists(k.folder(fid))
-                used = next(fid for fid, n in zip(batch, pipe.execute()) if n)
-                raise_for([b"folder_in_use", used.encode()], "request")
+        for core in self.shards:
+            r, k = core.r, core.keys
+            for i in range(0, len(fids), 1000):
+                batch = fids[i:i + 1000]
+                if r.exists(*(k.folder(fid) for fid in batch)):
+                    pipe = r.pipeline(transaction=False)
+                    for fid in batch:
+                        pipe.exists(k.folder(fid))
+                    used = next(fid for fid, n in zip(batch, pipe.execute()) if n)
+                    raise_for([b"folder_in_use", used.encode()], "request")
 
-    def _abort_import(self, rid: str, token: str) -> None:
+    def _abort_import(self, core: Core, rid: str, token: str) -> None:
         """Best effort: if this fails too, ``recover_imports`` rolls the import back later."""
         try:
             while True:
-                reply = self.core.run("import_abort", [self.k.request(rid)], token, IMPORT_CHUNK, 0)
+                reply = core.run("import_abort", [core.keys.request(rid)], token, IMPORT_CHUNK, 0)
                 if reply[0] != b"ok" or int(reply[2]) == 0:
                     return
         except Exception:  # noqa: BLE001 - the original error is the one to raise
@@ -208,13 +218,14 @@ class Stacking:
 
     def recover_imports(self, stale_ms: int, batch: int = IMPORT_CHUNK) -> dict:
         """Roll back (or finish publishing) imports idle for ``stale_ms``: one bounded step each."""
-        ids = self.core.r.zrangebyscore(self.k.imports, "-inf", self.core.now() - stale_ms, start=0, num=100)
         out = {"aborted": 0, "published": 0, "left": 0}
-        for rid in ids:
-            reply = self.core.run("import_abort", [self.k.request(rid.decode())], "", batch, stale_ms)
-            if reply[0] == b"ok":
-                out[reply[1].decode()] += 1
-                out["left"] += int(reply[2])
+        for core in self.shards:
+            ids = core.r.zrangebyscore(core.keys.imports, "-inf", core.now() - stale_ms, start=0, num=100)
+            for rid in ids:
+                reply = core.run("import_abort", [core.keys.request(rid.decode())], "", batch, stale_ms)
+                if reply[0] == b"ok":
+                    out[reply[1].decode()] += 1
+                    out["left"] += int(reply[2])
         return out
 
     def _validate_request(self, spec: Any) -> tuple[str, str, str, int, list[tuple[str, list]]]:
@@ -256,11 +267,14 @@ class Stacking:
         return rid, website, mode, mr, out
 
     @staticmethod
-    def _chunks(folders: list[tuple[str, list]], first: int, website: str) -> Iterator[tuple[list, dict]]:
+    def _chunks(folders: list[tuple[str, list]], first: int, website: str,
+                shard: int | None = None) -> Iterator[tuple[list, dict]]:
         """``import_tasks`` arguments and bodies, ``IMPORT_CHUNK`` tasks at a time.
 
         Order numbers follow the document: the request has ``first``, then each
-        folder, then its tasks (a folder may be split across chunks).
+        folder, then its tasks (a folder may be split across chunks). Task ids
+        are UUIDs; with several shards their last two hex digits are the shard
+        (``shard_of_task``).
         """
         groups: list[list] = []
         bodies: dict[str, bytes] = {}
@@ -270,7 +284,7 @@ class Stacking:
             fseq, done = seq, 0
             while done < len(tasks):
                 take = min(len(tasks) - done, IMPORT_CHUNK - len(bodies))
-                ids = [str(uuid.uuid4()) for _ in range(take)]
+                ids = [new_task_id(shard) for _ in range(take)]
                 for tid, task in zip(ids, tasks[done:done + take]):
                     bodies[tid] = _body(task, website)
                 groups.append([fid, fseq, len(tasks), seq + 1, take, *ids])
@@ -284,17 +298,18 @@ class Stacking:
 
     def request(self, rid: str) -> dict:
         """A request with its counts and per-folder progress (all O(1) counters)."""
-        r = self.core.r
-        raw = r.hgetall(self.k.request(rid))
+        core = self.shards.for_name(rid)
+        r, sk = core.r, core.keys
+        raw = r.hgetall(sk.request(rid))
         if not raw:
             raise NotFound("request not found")
         f = {k.decode(): v.decode() for k, v in raw.items()}
-        counts = _counts(r.hgetall(self.k.request_counts(rid)))
-        fids = [x.decode() for x in r.lrange(self.k.request_folders(rid), 0, -1)]
+        counts = _counts(r.hgetall(sk.request_counts(rid)))
+        fids = [x.decode() for x in r.lrange(sk.request_folders(rid), 0, -1)]
         pipe = r.pipeline(transaction=False)
         for fid in fids:
-            pipe.hmget(self.k.folder(fid), "srv", "phase", "n", "p1", "open")
-            pipe.hgetall(self.k.folder_counts(fid))
+            pipe.hmget(sk.folder(fid), "srv", "phase", "n", "p1", "open")
+            pipe.hgetall(sk.folder_counts(fid))
         replies = pipe.execute()
         folders = []
         for i, fid in enumerate(fids):
@@ -314,19 +329,27 @@ class Stacking:
 
     def cancel_task(self, task_id: str, actor: str = "operator") -> None:
         """Any non-terminal status -> cancel (409 when already terminal)."""
-        raise_for(self.core.run("cancel_task", [self.k.task(task_id)], actor))
+        core = self.shard_of_task(task_id)
+        raise_for(core.run("cancel_task", [core.keys.task(task_id)], actor))
 
     def cancel_request(self, rid: str, actor: str = "operator") -> int:
         """Cancel every non-terminal task of a request; returns how many were cancelled."""
         cancelled, left = 0, 1
+        core = self.shards.for_name(rid)
         while left:
-            reply = raise_for(self.core.run("cancel_request", [self.k.request(rid)], actor, CANCEL_BATCH), "request")
+            reply = raise_for(core.run("cancel_request", [core.keys.request(rid)], actor, CANCEL_BATCH), "request")
             cancelled, left = cancelled + int(reply[1]), int(reply[2])
         return cancelled
 
     def release_folder(self, folder_id: str) -> bool:
-        """Unbind a folder from its server; False when it was not bound."""
-        return bool(int(raise_for(self.core.run("release_folder", [self.k.folder(folder_id)]), "folder")[1]))
+        """Unbind a folder from its server; False when it was not bound.
+
+        A folder's shard is its request's, which the folder id does not tell:
+        every shard is asked in one call (on all but one the folder is not found)."""
+        replies = self.core.call(Call([c.script("release_folder", [c.keys.folder(folder_id)]) for c in self.shards],
+                                      lambda replies: replies))
+        found = [r for r in replies if r[0] != b"not_found"] or replies[:1]
+        return any(bool(int(raise_for(r, "folder")[1])) for r in found)
 
     # ---- worker side ---------------------------------------------------
     def claim(self, who: Who, limit: int = 5, status: str | None = None) -> list[bytes]:
@@ -365,16 +388,29 @@ class Stacking:
                 raise InvalidInput("status must be register or connect")
 
         auth_first(self.core, who, check)
-        k, s = self.k, self.s
-        reply = raise_for(self.core.run(
-            "claim", [caller_key(self.core, who), k.unbound(1), k.unbound(2), k.claim_leases, k.run_leases],
+        if self.shards.n == 1:
+            return self._claim_on(self.core, who, limit, status)
+        # several shards: visit them in this caller's rotation until the pull is full
+        sid, flat, bodies = "", [], []
+        for core in self.shards.visit_order(caller_key(self.core, who)):
+            sid, got, got_bodies = self._claim_on(core, who, limit - len(bodies), status)
+            flat += got
+            bodies += got_bodies
+            if len(bodies) >= limit:
+                break
+        return sid, flat, bodies
+
+    def _claim_on(self, core: Core, who: Who, limit: int, status: str | None) -> tuple[str, list[bytes], list]:
+        k, s = core.keys, self.s
+        reply = raise_for(core.run(
+            "claim", [caller_key(core, who), k.unbound(1), k.unbound(2), k.claim_leases, k.run_leases],
             s.server_offline_after_ms, limit, PULL_STATUSES[status], s.claim_ttl_ms, s.sweep_batch,
             s.run_ttl_ms, s.retry_base_ms, s.retry_cap_ms,
         ), "server")
         sid, flat = reply[1].decode(), reply[2:]
         if not flat:
             return sid, flat, []
-        return sid, flat, self.core.r.hmget(k.bodies, flat[0::6])
+        return sid, flat, core.r.hmget(k.bodies, flat[0::6])
 
     def get_task(self, task_id: str, who: Who | None = None) -> bytes:
         """One task's JSON object; no claim, no change. With ``who``, the caller is
@@ -382,11 +418,11 @@ class Stacking:
         return self.core.call(self.get_task_call(task_id, who))
 
     def get_task_call(self, task_id: str, who: Who | None = None) -> Call:
-        reads: list = [Command(("HMGET", self.k.task(task_id), "st", "lp", "cl", "ph", "fo", "req")),
-                       Command(("HGET", self.k.bodies, task_id))]
+        core = self.shard_of_task(task_id)
+        reads: list = [Command(("HMGET", core.keys.task(task_id), "st", "lp", "cl", "ph", "fo", "req")),
+                       Command(("HGET", core.keys.bodies, task_id))]
         if who is not None:
-            reads.insert(0, self.core.script("auth", [caller_key(self.core, who)], "1",
-                                             self.s.server_offline_after_ms))
+            reads.insert(0, core.script("auth", [caller_key(core, who)], "1", self.s.server_offline_after_ms))
 
         def finish(replies: list) -> bytes:
             if who is not None:
@@ -403,7 +439,8 @@ class Stacking:
 
     def task_state(self, task_id: str) -> dict:
         """Internal fields of a task (operators and tests): status, owner, retries, error."""
-        raw = self.core.r.hmget(self.k.task(task_id), "st", "own", "asg", "rc", "mr", "err", "fo", "req")
+        core = self.shard_of_task(task_id)
+        raw = core.r.hmget(core.keys.task(task_id), "st", "own", "asg", "rc", "mr", "err", "fo", "req")
         if raw[0] is None:
             raise NotFound("task not found")
         st, own, asg, rc, mr, err, fo, req = (v.decode() if v is not None else "" for v in raw)
@@ -415,10 +452,10 @@ class Stacking:
         return self.core.call(self.start_call(who, task_id))
 
     def start_call(self, who: Who, task_id: str) -> Call:
-        k = self.k
-        return Call([self.core.script("start", [caller_key(self.core, who), k.task(task_id), k.claim_leases,
-                                                k.run_leases], self.s.server_offline_after_ms,
-                                      self.s.run_ttl_ms)], _server_id)
+        core = self.shard_of_task(task_id)
+        k = core.keys
+        return Call([core.script("start", [caller_key(core, who), k.task(task_id), k.claim_leases, k.run_leases],
+                                 self.s.server_offline_after_ms, self.s.run_ttl_ms)], _server_id)
 
     def complete(self, who: Who, task_id: str, link_post: Any = None, note: Any = None) -> str:
         """registering -> profiled (link_post required), connecting -> completed; returns the server id."""
@@ -430,9 +467,9 @@ class Stacking:
             return lp, _text(note, "note", limit=MAX_MESSAGE * 10)
 
         encoded, text = auth_first(self.core, who, check)
-        return Call([self.core.script("complete", [caller_key(self.core, who), self.k.task(task_id),
-                                                   self.k.run_leases], self.s.server_offline_after_ms,
-                                      encoded, text)], _server_id)
+        core = self.shard_of_task(task_id)
+        return Call([core.script("complete", [caller_key(core, who), core.keys.task(task_id), core.keys.run_leases],
+                                 self.s.server_offline_after_ms, encoded, text)], _server_id)
 
     def fail(self, who: Who, task_id: str, error_message: Any, note: Any = None) -> str:
         """registering -> profile_failed, connecting -> connect_failed; returns the server id."""
@@ -444,10 +481,11 @@ class Stacking:
                     _text(note, "note", limit=MAX_MESSAGE * 10))
 
         message, text = auth_first(self.core, who, check)
-        k, s = self.k, self.s
-        return Call([self.core.script("fail", [caller_key(self.core, who), k.task(task_id), k.run_leases,
-                                               k.retries], s.server_offline_after_ms, message, text,
-                                      s.retry_base_ms, s.retry_cap_ms)], _server_id)
+        core = self.shard_of_task(task_id)
+        k, s = core.keys, self.s
+        return Call([core.script("fail", [caller_key(core, who), k.task(task_id), k.run_leases, k.retries],
+                                 s.server_offline_after_ms, message, text, s.retry_base_ms, s.retry_cap_ms)],
+                    _server_id)
 
     def connect_status(self, who: Who, folder_id: str) -> dict:
         """The seed's connect-status body for the caller's tasks of one folder (O(1))."""
@@ -462,8 +500,13 @@ class Stacking:
         auth_first(self.core, who, check)
 
         def finish(replies: list) -> tuple[str, dict]:
-            reply = raise_for(replies[0], "server")
-            by_status = _counts(dict(zip(reply[2::2], reply[3::2])))
+            raw: dict[bytes, int] = {}
+            for reply in replies:  # one per shard: the folder's counters are on one of them
+                reply = raise_for(reply, "server")
+                for st, n in zip(reply[2::2], reply[3::2]):
+                    raw[st] = raw.get(st, 0) + int(n)
+            reply = replies[0]
+            by_status = _counts(raw)
             connect_count = sum(by_status.get(st, 0) for st in PHASE2)
             return reply[1].decode(), {
                 "success": True, "folder_id": folder_id, "ready": connect_count > 0,
@@ -474,21 +517,30 @@ class Stacking:
                 "by_status": by_status,
             }
 
-        return Call([self.core.script("connect_status", [caller_key(self.core, who)],
-                                      self.s.server_offline_after_ms, folder_id)], finish)
+        return Call([c.script("connect_status", [caller_key(c, who)], self.s.server_offline_after_ms, folder_id)
+                     for c in self.shards], finish)
 
     # ---- system side (RQ jobs) -----------------------------------------
     def run_retries(self, batch: int = 500) -> dict:
-        """One pass of the retry manager over due failures."""
-        requeued, final, left = self.core.run("retry", [self.k.retries], batch)
-        return {"requeued": requeued, "final_failed": final, "due_left": left}
+        """One pass of the retry manager over due failures (one bounded batch per shard)."""
+        out = {"requeued": 0, "final_failed": 0, "due_left": 0}
+        for core in self.shards:
+            requeued, final, left = core.run("retry", [core.keys.retries], batch)
+            out["requeued"] += requeued
+            out["final_failed"] += final
+            out["due_left"] += left
+        return out
 
     def sweep(self, batch: int | None = None) -> dict:
         """One batch of lease recovery (claim lapses, run lapses)."""
         s = self.s
-        claims, runs = self.core.run("sweep", [self.k.claim_leases, self.k.run_leases], batch or s.sweep_batch,
-                                     s.run_ttl_ms, s.retry_base_ms, s.retry_cap_ms)
-        return {"claims_lapsed": claims, "runs_failed": runs}
+        out = {"claims_lapsed": 0, "runs_failed": 0}
+        for core in self.shards:
+            claims, runs = core.run("sweep", [core.keys.claim_leases, core.keys.run_leases], batch or s.sweep_batch,
+                                    s.run_ttl_ms, s.retry_base_ms, s.retry_cap_ms)
+            out["claims_lapsed"] += claims
+            out["runs_failed"] += runs
+        return out
 
     def reassign_gone_servers(self, batch: int = 500) -> dict:
         """Release the folders of servers deleted or silent for ``reassign_after``.
@@ -497,22 +549,50 @@ class Stacking:
         that still hold folders) to find candidates; the reassign script re-checks
         each server atomically before releasing.
         """
-        r, s = self.core.r, self.s
-        ids = [i.decode() for i in r.zrange(self.k.servers, 0, 9_999)]
-        ids += [i.decode() for i in r.srandmember(self.k.servers_gone, 1000)]
-        pipe = r.pipeline(transaction=False)
-        for sid in ids:
-            pipe.hmget(self.k.server(sid), "st", "hb")
-        now = self.core.now()
+        s = self.s
         released = 0
-        for sid, (st, hb) in zip(ids, pipe.execute()):
-            if st == b"deleted" or int(hb or 0) + s.reassign_after_ms < now:
-                got, _left = self.core.run("reassign", [self.k.server(sid)], s.reassign_after_ms, batch)
-                released += got
+        for core in self.shards:  # each shard holds its own copy of the registry and its own folders
+            r, k = core.r, core.keys
+            ids = [i.decode() for i in r.zrange(k.servers, 0, 9_999)]
+            ids += [i.decode() for i in r.srandmember(k.servers_gone, 1000)]
+            pipe = r.pipeline(transaction=False)
+            for sid in ids:
+                pipe.hmget(k.server(sid), "st", "hb")
+            now = core.now()
+            for sid, (st, hb) in zip(ids, pipe.execute()):
+                if st == b"deleted" or int(hb or 0) + s.reassign_after_ms < now:
+                    got, _left = core.run("reassign", [k.server(sid)], s.reassign_after_ms, batch)
+                    released += got
         return {"folders_released": released}
 
     def stats(self) -> dict[str, int]:
-        return _counts(self.core.r.hgetall(self.k.stats))
+        """Tasks by status, over every shard (one HGETALL each, one round trip per node)."""
+        def merge(replies: list) -> dict[str, int]:
+            total: dict[bytes, int] = {}
+            for raw in replies:
+                for st, n in raw.items() if isinstance(raw, dict) else zip(raw[0::2], raw[1::2]):
+                    total[st] = total.get(st, 0) + int(n)
+            return _counts(total)
+
+        return self.core.call(Call([Command(("HGETALL", c.keys.stats)) for c in self.shards], merge))
+
+    def shard_of_task(self, task_id: str) -> Core:
+        """The shard holding a task: the last two hex digits of its id (``new_task_id``). An id
+        that names no shard (not ours, or malformed) goes to shard 0, where it is not found."""
+        if self.shards.n == 1:
+            return self.core
+        try:
+            i = int(task_id[-2:], 16)
+        except (ValueError, TypeError):
+            return self.core
+        return self.shards[i] if i < self.shards.n else self.core
+
+
+def new_task_id(shard: int | None = None) -> str:
+    """A task id: a random UUID; on shard ``shard`` of several, with that shard in its last two
+    hex digits (122 random bits become 114: still unguessable and unique)."""
+    tid = str(uuid.uuid4())
+    return tid if shard is None else f"{tid[:-2]}{shard:02x}"
 
 
 def _server_id(replies: list) -> str:

@@ -67,6 +67,12 @@ def snapshot(client, namespace: str) -> dict:
     return out
 
 
+def events(engine, task_id: str | None = None) -> list:
+    """The stacking event stream of a task's shard, or of every shard (shard by shard)."""
+    cores = [engine.stacking.shard_of_task(task_id)] if task_id else list(engine.stacking.shards)
+    return [entry for c in cores for entry in c.r.xrange(c.keys.events)]
+
+
 def state(engine) -> dict:
     return snapshot(engine.core.r, engine.core.settings.namespace)
 

@@ -54,4 +54,4 @@ def test_phase2_task_reads_plain_text_about_phase1_html(engine):
 
 def test_a_body_is_stored_once_per_task(engine):
     engine.stacking.create_request(request_doc(folders=2, tasks=5))
-    assert engine.core.r.hlen(engine.core.keys.bodies) == 10
+    assert sum(c.r.hlen(c.keys.bodies) for c in engine.stacking.shards) == 10

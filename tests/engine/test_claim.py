@@ -57,9 +57,12 @@ def test_folder_is_bound_to_first_claimer(engine):
 
 
 def test_oldest_request_first(engine):
+    """Within a shard (with several, pulls rotate over shards: README, "running on a cluster")."""
     caller, _ = online_server(engine)
-    old = engine.stacking.create_request(request_doc(prefix="OLD"))
-    engine.stacking.create_request(request_doc(prefix="NEW"))
+    shard = engine.stacking.shards.for_name
+    new_id = next(f"NEW{i}" for i in range(1000) if shard(f"NEW{i}") is shard("OLD"))
+    old = engine.stacking.create_request(request_doc(prefix="OLD") | {"id": "OLD"})
+    engine.stacking.create_request(request_doc(prefix="NEW") | {"id": new_id})
     got = [orjson.loads(t)["request_id"] for t in engine.stacking.claim(caller.id, 3)]
     assert got == [old["request_id"]] * 3
 

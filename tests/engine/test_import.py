@@ -17,21 +17,32 @@ def small_chunks(monkeypatch):
     monkeypatch.setattr(stacking_module, "PUBLISH_BATCH", 2)
 
 
+def _core(engine, rid):
+    """The shard holding request ``rid`` (the only one with one shard)."""
+    return engine.stacking.shards.for_name(rid)
+
+
+def _bodies(engine) -> int:
+    return sum(c.r.hlen(c.keys.bodies) for c in engine.stacking.shards)
+
+
 def _staged(engine, doc, chunks: int = 1000) -> tuple[str, str]:
     """Run an import up to (not including) publishing, or only its first ``chunks``
     chunks, as an importer that dies there would."""
     st = engine.stacking
     rid, website, mode, mr, folders = st._validate_request(doc)
     token = "tok"
-    k = engine.core.keys
-    first = int(engine.core.run("import_begin", [k.request(rid), k.seq, k.imports], token, website, mode, mr,
-                                len(folders), sum(len(t) for _, t in folders))[1])
-    for n, (args, bodies) in enumerate(st._chunks(folders, first, website)):
+    core = _core(engine, rid)
+    k = core.keys
+    first = int(core.run("import_begin", [k.request(rid), k.seq, k.imports], token, website, mode, mr,
+                         len(folders), sum(len(t) for _, t in folders))[1])
+    shard = k.shard if st.shards.n > 1 else None
+    for n, (args, bodies) in enumerate(st._chunks(folders, first, website, shard)):
         if n == chunks:
             break
-        pipe = engine.core.r.pipeline(transaction=True)
+        pipe = core.node().pipeline(transaction=True)
         pipe.hset(k.bodies, mapping=bodies)
-        engine.core.run("import_tasks", [k.request(rid), k.bodies], token, *args, client=pipe)
+        core.run("import_tasks", [k.request(rid), k.bodies], token, *args, client=pipe)
         assert pipe.execute()[-1][0] == b"ok"
     return rid, token
 
@@ -46,7 +57,7 @@ def test_request_spanning_many_chunks_is_stored_in_document_order(engine, small_
     assert {t["request_id"] for t in got} == {created["request_id"]}
     assert engine.stacking.stats() == {"register": 20}
     assert engine.stacking.request(created["request_id"])["status"] == "register"
-    assert engine.core.r.zcard(engine.core.keys.imports) == 0
+    assert sum(c.r.zcard(c.keys.imports) for c in engine.stacking.shards) == 0
 
 
 def test_staged_request_is_invisible_to_pullers(engine, small_chunks):
@@ -61,17 +72,18 @@ def test_staged_request_is_invisible_to_pullers(engine, small_chunks):
 def test_publish_is_refused_until_every_task_is_stored(engine, small_chunks):
     st = engine.stacking
     rid, website, mode, mr, folders = st._validate_request(request_doc(folders=2, tasks=5))
-    k = engine.core.keys
-    first = int(engine.core.run("import_begin", [k.request(rid), k.seq, k.imports], "tok", website, mode, mr,
+    core = _core(engine, rid)
+    k = core.keys
+    first = int(core.run("import_begin", [k.request(rid), k.seq, k.imports], "tok", website, mode, mr,
                                 2, 10)[1])
     args, bodies = next(st._chunks(folders, first, website))
-    pipe = engine.core.r.pipeline(transaction=True)
+    pipe = core.node().pipeline(transaction=True)
     pipe.hset(k.bodies, mapping=bodies)
-    engine.core.run("import_tasks", [k.request(rid), k.bodies], "tok", *args, client=pipe)
+    core.run("import_tasks", [k.request(rid), k.bodies], "tok", *args, client=pipe)
     pipe.execute()
-    reply = engine.core.run("import_publish", [k.request(rid)], "tok", 10)
+    reply = core.run("import_publish", [k.request(rid)], "tok", 10)
     assert reply == [b"incomplete", b"7"]
-    assert engine.core.run("import_publish", [k.request(rid)], "other-token", 10)[0] == b"exists"
+    assert core.run("import_publish", [k.request(rid)], "other-token", 10)[0] == b"exists"
 
 
 def test_second_importer_of_the_same_id_is_refused_and_changes_nothing(engine, small_chunks):
@@ -88,16 +100,18 @@ def test_folder_taken_between_check_and_chunk_rolls_the_whole_request_back(engin
     """The pre-check passes, then another request takes a folder of a later chunk."""
     caller, _ = online_server(engine)
     stats_before = engine.stacking.stats()
-    bodies_before = engine.core.r.hlen(engine.core.keys.bodies)
-    doc = request_doc(folders=3, tasks=5, prefix="X")
+    bodies_before = _bodies(engine)
+    doc = request_doc(folders=3, tasks=5, prefix="X") | {"id": "R-X"}
+    # the rival on the same shard: across shards only the pre-check guards a folder (README)
+    rival_id = next(f"R-Y{i}" for i in range(1000) if _core(engine, f"R-Y{i}") is _core(engine, "R-X"))
     chunks = stacking_module.Stacking._chunks
 
-    def racing_chunks(folders, first, website):
-        for n, chunk in enumerate(chunks(folders, first, website)):
+    def racing_chunks(folders, first, website, shard=None):
+        for n, chunk in enumerate(chunks(folders, first, website, shard)):
             if n == 1:  # after the first chunk is stored, a rival request takes folder X2
                 monkeypatch.setattr(engine.stacking, "_refuse_used_folders", lambda fids: None)
                 engine.stacking.create_request(request_doc(folders=1, tasks=2, prefix="Y") | {
-                    "folders": [{"folder_id": "X2", "tasks": request_doc(tasks=2)["folders"][0]["tasks"]}]})
+                    "id": rival_id, "folders": [{"folder_id": "X2", "tasks": request_doc(tasks=2)["folders"][0]["tasks"]}]})
             yield chunk
 
     monkeypatch.setattr(stacking_module.Stacking, "_chunks", staticmethod(racing_chunks))
@@ -105,9 +119,9 @@ def test_folder_taken_between_check_and_chunk_rolls_the_whole_request_back(engin
         engine.stacking.create_request(doc)
     # only the rival's two tasks remain, and only they can be pulled
     assert engine.stacking.stats() == {**stats_before, "register": 2}
-    assert engine.core.r.hlen(engine.core.keys.bodies) == bodies_before + 2
+    assert _bodies(engine) == bodies_before + 2
     assert {orjson.loads(t)["folder_id"] for t in engine.stacking.claim(caller.id, 100)} == {"X2"}
-    assert not engine.core.r.exists(engine.core.keys.folder("X0"), engine.core.keys.folder("X1"))
+    assert not any(c.r.exists(c.keys.folder("X0"), c.keys.folder("X1")) for c in engine.stacking.shards)
 
 
 def test_recovery_rolls_back_an_idle_unfinished_import(engine, small_chunks, clock):
@@ -120,23 +134,24 @@ def test_recovery_rolls_back_an_idle_unfinished_import(engine, small_chunks, clo
     for _ in range(10):
         got = engine.stacking.recover_imports(stale_ms=60_000, batch=4)
         total["aborted"] += got["aborted"]
-        if not engine.core.r.exists(engine.core.keys.request(rid)):
+        if not _core(engine, rid).r.exists(_core(engine, rid).keys.request(rid)):
             break
     assert total["aborted"] >= 1
-    assert not engine.core.r.exists(engine.core.keys.request(rid))
+    assert not _core(engine, rid).r.exists(_core(engine, rid).keys.request(rid))
     assert before.get("register", 0) - engine.stacking.stats().get("register", 0) == 14
-    assert engine.core.r.hlen(engine.core.keys.bodies) == 0
+    assert _bodies(engine) == 0
     assert engine.stacking.claim(caller.id, 100) == []
 
 
 def test_recovery_finishes_publishing_a_fully_stored_import(engine, small_chunks, clock):
     caller, _ = online_server(engine)
     rid, token = _staged(engine, request_doc(folders=3, tasks=5))
-    k = engine.core.keys
-    assert engine.core.run("import_publish", [k.request(rid)], token, 1)[1] == 2  # died after one folder
+    core = _core(engine, rid)
+    k = core.keys
+    assert core.run("import_publish", [k.request(rid)], token, 1)[1] == 2  # died after one folder
     assert len(ids(engine.stacking.claim(caller.id, 100))) == 5
     clock.advance(61)
-    while engine.core.r.zcard(k.imports):
+    while core.r.zcard(k.imports):
         engine.stacking.recover_imports(stale_ms=60_000, batch=1)
     assert engine.stacking.request(rid)["status"] == "register"
     assert len(ids(engine.stacking.claim(caller.id, 100))) == 10
@@ -144,10 +159,11 @@ def test_recovery_finishes_publishing_a_fully_stored_import(engine, small_chunks
 
 def test_importer_cannot_abort_once_publishing_began(engine, small_chunks):
     rid, token = _staged(engine, request_doc(folders=3, tasks=5))
-    k = engine.core.keys
-    engine.core.run("import_publish", [k.request(rid)], token, 1)
-    assert engine.core.run("import_abort", [k.request(rid)], token, 100, 0)[0] == b"exists"
-    assert engine.core.r.hget(k.request(rid), "st") == b"importing"
+    core = _core(engine, rid)
+    k = core.keys
+    core.run("import_publish", [k.request(rid)], token, 1)
+    assert core.run("import_abort", [k.request(rid)], token, 100, 0)[0] == b"exists"
+    assert core.r.hget(k.request(rid), "st") == b"importing"
 
 
 def test_cancel_request_works_in_bounded_batches(engine, small_chunks):
@@ -173,17 +189,18 @@ def test_recovery_job_twice_acts_once(engine, small_chunks, clock):
     assert jobs.recover_imports(engine)["aborted"] >= 1
     after = state(engine)
     assert jobs.recover_imports(engine) == {"aborted": 0, "published": 0, "left": 0}
-    assert state(engine) == after and not engine.core.r.exists(engine.core.keys.request(rid))
+    assert state(engine) == after and not _core(engine, rid).r.exists(_core(engine, rid).keys.request(rid))
 
 
 def test_cancel_is_refused_while_an_import_is_being_rolled_back(engine, small_chunks):
     rid, token = _staged(engine, request_doc(folders=3, tasks=5), chunks=1)
-    k = engine.core.keys
-    assert engine.core.run("import_abort", [k.request(rid)], token, 2, 0)[1] == b"aborted"  # 2 of 7 deleted
+    core = _core(engine, rid)
+    k = core.keys
+    assert core.run("import_abort", [k.request(rid)], token, 2, 0)[1] == b"aborted"  # 2 of 7 deleted
     before = state(engine)
     with pytest.raises(Conflict, match="aborting"):
         engine.stacking.cancel_request(rid)
     assert state(engine) == before
-    while engine.core.r.exists(k.request(rid)):  # anyone may carry the abort on
-        engine.core.run("import_abort", [k.request(rid)], "", 2, 0)
-    assert engine.core.r.hlen(k.bodies) == 0 and engine.stacking.stats().get("register", 0) == 0
+    while core.r.exists(k.request(rid)):  # anyone may carry the abort on
+        core.run("import_abort", [k.request(rid)], "", 2, 0)
+    assert core.r.hlen(k.bodies) == 0 and engine.stacking.stats().get("register", 0) == 0

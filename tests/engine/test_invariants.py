@@ -710,6 +710,7 @@ class Walk:
         assert not any(self.snap.fr.values()) and not any(self.snap.fu.values()) and not any(self.snap.fb.values())
 
 
+@pytest.mark.one_redis("a whole-contract snapshot in one Lua call after every step: all keys on one server")
 @pytest.mark.parametrize("seed", SEEDS)
 def test_random_operations_keep_every_invariant(engine, clock, seed):
     walk = Walk(engine, clock, seed)

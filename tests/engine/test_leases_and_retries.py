@@ -5,13 +5,13 @@ import threading
 import pytest
 
 from engine.errors import Conflict, NotFound
-from tests.helpers import ids, link, online_server, request_doc
+from tests.helpers import events, ids, link, online_server, request_doc
 from workers import jobs
 
 
 def transitions(engine, tid):
     return [(e[b"from"].decode(), e[b"to"].decode())
-            for _, e in engine.core.r.xrange(engine.core.keys.events) if e[b"task"] == tid.encode()]
+            for _, e in events(engine, tid) if e[b"task"] == tid.encode()]
 
 
 def test_retry_backoff_then_requeue_with_count(engine, clock):

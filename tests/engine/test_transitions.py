@@ -3,7 +3,7 @@ import orjson
 import pytest
 
 from engine.errors import Conflict, InvalidInput, NotFound, NotTaskOwner
-from tests.helpers import ids, link, online_server, request_doc, snapshot
+from tests.helpers import events as events_of, ids, link, online_server, request_doc, snapshot
 
 
 @pytest.fixture
@@ -104,6 +104,6 @@ def test_every_status_change_writes_one_event(engine, claimed):
     caller, (tid, _) = claimed
     engine.stacking.start(caller.id, tid)
     engine.stacking.complete(caller.id, tid, link(1))
-    events = [e for _, e in engine.core.r.xrange(engine.core.keys.events) if e[b"task"] == tid.encode()]
+    events = [e for _, e in events_of(engine, tid) if e[b"task"] == tid.encode()]
     assert [(e[b"from"], e[b"to"]) for e in events] == [
         (b"", b"register"), (b"register", b"registering"), (b"registering", b"profiled")]
