@@ -7,9 +7,10 @@ import pytest
 
 from api.batch import Batcher
 from engine.errors import NotFound, NotTaskOwner
-from tests.helpers import ids, online_server, request_doc
+from tests.helpers import events as events_of, ids, online_server, request_doc
 
 
+@pytest.mark.one_redis("counts the plain client's pipelines; on a cluster a batch is one pipeline per node (engine/calls.py)")
 def test_concurrent_calls_share_one_pipeline_and_keep_their_own_results(engine, monkeypatch):
     a, _ = online_server(engine, "a")
     b, _ = online_server(engine, "b")
@@ -51,10 +52,11 @@ def test_a_flushed_script_cache_is_reloaded_and_the_call_run_once(engine):
     batcher = Batcher(engine.core)
     assert asyncio.run(batcher.run(engine.stacking.start_call(caller.id, tid))) == caller.id
     assert engine.stacking.task_state(tid)["status"] == "registering"
-    events = [e for _, e in engine.core.r.xrange(engine.core.keys.events) if e[b"task"] == tid.encode()]
+    events = [e for _, e in events_of(engine, tid) if e[b"task"] == tid.encode()]
     assert [e[b"to"] for e in events] == [b"register", b"registering"]
 
 
+@pytest.mark.one_redis("breaks the plain client's pipeline(); a cluster batch uses each node's own client")
 def test_redis_errors_reach_every_caller_of_the_batch(engine, monkeypatch):
     import redis
 

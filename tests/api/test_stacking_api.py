@@ -29,8 +29,11 @@ def worker(engine):
 
 
 def task_ids(engine) -> list[str]:
-    prefix = engine.core.keys.task("")
-    return sorted(k.decode()[len(prefix):] for k in engine.core.r.scan_iter(match=prefix + "*"))
+    out = []
+    for core in engine.stacking.shards:
+        prefix = core.keys.task("")
+        out += [k.decode()[len(prefix):] for k in core.r.scan_iter(match=prefix + "*")]
+    return sorted(out)
 
 
 def pull(client, headers, **params) -> list[dict]:
@@ -105,6 +108,7 @@ def test_pull_status_filters_one_phase(engine, client, worker):
     assert [(t["status"], t["folder_id"]) for t in register] == [("register", "B0")] * 2
 
 
+@pytest.mark.one_redis("phase 2 before phase 1 holds within a shard; a sharded pull visits shards in rotation (README)")
 def test_pull_without_status_returns_connect_tasks_before_register_tasks(engine, client, worker):
     a = in_connect(engine, client, worker[1])
     engine.stacking.create_request(request_doc(tasks=2, prefix="B"))
@@ -460,6 +464,7 @@ class RoundTrips:
         monkeypatch.setattr(client, "pipeline", pipeline)
 
 
+@pytest.mark.one_redis("counts the plain client's pipelines; on a cluster a batch is one pipeline per node (engine/calls.py)")
 def test_every_single_task_endpoint_is_one_round_trip(engine, client, worker, monkeypatch):
     """Measured after a first pass has loaded every script (a first call may add SCRIPT LOAD)."""
     engine.stacking.create_request(request_doc(tasks=6))

@@ -18,7 +18,7 @@ import pytest
 
 from api.app import create_app
 from engine import Engine
-from tests.helpers import free_port, request_doc, serving
+from tests.helpers import events, free_port, request_doc, serving
 from workers.client import (AuthError, Conflict, DeviceAgentClient, InvalidRequest, NotFound, StackingClient,
                             StackingWorker, Transport, Unavailable)
 
@@ -47,7 +47,7 @@ def _wait(predicate, timeout: float = 20.0, what: str = "condition") -> None:
 def _transitions(engine: Engine) -> Counter:
     """(task, to) -> how many events moved that task to that status."""
     return Counter((f[b"task"].decode(), f[b"to"].decode())
-                   for _, f in engine.core.r.xrange(engine.stacking.k.events))
+                   for _, f in events(engine))
 
 
 # ---- the runner ------------------------------------------------------------------
@@ -361,7 +361,7 @@ def test_sigterm_lets_the_tasks_in_hand_finish_and_completes_them(engine, live, 
     assert {tid for tid, s in states.items() if s["status"] == "profiled"} == set(started)
     # nothing else was taken: the three other tasks are still free to pull
     assert engine.stacking.stats().get("register") == 3
-    assert engine.core.r.zcard(engine.stacking.k.claim_leases) == 0
+    assert sum(c.r.zcard(c.keys.claim_leases) for c in engine.stacking.shards) == 0
 
 
 def test_sigterm_fails_what_outlives_the_grace_period(engine, live, tmp_path):
