@@ -61,55 +61,92 @@ class Overview:
         self.r = engine.core.r
 
     def snapshot(self) -> dict[str, Any]:
-        """Everything the dashboard shows, as JSON-ready data (module docstring: the caps)."""
+        """Everything the dashboard shows, as JSON-ready data (module docstring: the caps).
+
+        Each read is made on every shard of its contract and merged (README,
+        "running on a cluster"): a cap applies per shard first, then to the merge."""
         e, now = self.e, self.e.core.now()
-        sk, dk, tk = e.core.keys, e.devices.k, e.tasks.k
-        # Round trip 1: the lists of ids, counters and streams.
+        ss, ds, ts = list(e.stacking_shards), list(e.device_shards), list(e.task_shards)
+        # Round trip 1: the lists of ids, counters and streams, per shard.
         p = self.r.pipeline(transaction=False)
-        p.zrevrange(sk.requests, 0, MAX_REQUESTS - 1)
-        p.hgetall(dk.active)
-        p.hgetall(dk.running)
-        p.smembers(tk.cells())
-        p.zcard(tk.queue)
-        p.zcard(tk.claim_leases)
-        p.xrevrange(tk.ledger, "+", "-", count=LEDGER_READ)
-        for key in (sk.events, dk.events, tk.events):
-            p.xrevrange(key, "+", "-", count=EVENTS_READ)
-        p.hgetall(sk.stats)
-        p.hgetall(dk.stats)
-        p.hgetall(tk.stats)
-        (rids, active, running, cells, tc_queue, tc_leased, ledger, ev_s, ev_d, ev_t,
-         st_s, st_d, st_t) = p.execute()
-        rids = [_s(r) for r in rids]
-        serials = sorted(_s(s) for s in active)[:MAX_SERIALS]
-        running = {_s(k): _s(v) for k, v in running.items()}
-        cells = sorted(_s(c) for c in cells if _s(c).split("|")[2:3] and _s(c).split("|")[2] in BACKLOG)
+        for c in ss:
+            p.zrevrange(c.keys.requests, 0, MAX_REQUESTS - 1)
+        for c in ds:
+            p.hgetall(c.keys.active)
+            p.hgetall(c.keys.running)
+        for c in ts:
+            p.smembers(c.keys.cells())
+            p.zcard(c.keys.queue)
+            p.zcard(c.keys.claim_leases)
+            p.xrevrange(c.keys.ledger, "+", "-", count=LEDGER_READ)
+        for c in ss + ds + ts:
+            p.xrevrange(c.keys.events, "+", "-", count=EVENTS_READ)
+        for c in ss + ds + ts:
+            p.hgetall(c.keys.stats)
+        replies = iter(p.execute())
+        req_ids = [[_s(r) for r in next(replies)] for _ in ss]
+        active: dict[bytes, bytes] = {}
+        running: dict[str, str] = {}
+        for _ in ds:
+            active.update(next(replies))
+            running.update({_s(k): _s(v) for k, v in next(replies).items()})
+        cell_names: list[list[str]] = []
+        tc_queue = tc_leased = 0
+        ledger: list = []
+        for _ in ts:
+            cell_names.append(sorted(_s(x) for x in next(replies)
+                                     if _s(x).split("|")[2:3] and _s(x).split("|")[2] in BACKLOG))
+            tc_queue += next(replies)
+            tc_leased += next(replies)
+            ledger += next(replies)
+        ledger.sort(key=lambda entry: entry[0], reverse=True)  # stream ids are times: newest first
+        streams = {name: [next(replies) for _ in shards] for name, shards in
+                   (("stacking", ss), ("devices", ds), ("tasks", ts))}
+        stats = {name: _sum([next(replies) for _ in shards]) for name, shards in
+                 (("stacking", ss), ("devices", ds), ("tasks", ts))}
+        serials = sorted(_s(x) for x in active)[:MAX_SERIALS]
 
         # Round trip 2: requests and their folder ids, device queues, backlog cells.
         p = self.r.pipeline(transaction=False)
-        for rid in rids:
-            p.hmget(sk.request(rid), "st", "website", "mode", "total", "open", "nf")
-            p.lrange(sk.request_folders(rid), 0, MAX_FOLDERS - 1)
+        req_list = [(c, rid) for c, rids in zip(ss, req_ids) for rid in rids]
+        for c, rid in req_list:
+            p.hmget(c.keys.request(rid), "st", "website", "mode", "total", "open", "nf", "ca")
+            p.lrange(c.keys.request_folders(rid), 0, MAX_FOLDERS - 1)
         for serial in serials:
+            dk = e.device_shards.for_name(serial).keys
             p.zcard(dk.queue(serial))
             p.zcard(dk.scheduled(serial))
             p.hget(dk.devices, serial)
             tid = running.get(serial)
-            p.hmget(dk.task(tid), "sc", "us", "sa") if tid else p.echo("")
-        for c in cells:
-            p.zcard(tk.cell(c))
+            p.hmget(dk.task(tid), "sc", "us", "sa") if tid else p.exists(dk.devices)  # a keyed no-op (no ECHO on a cluster)
+        for c, names in zip(ts, cell_names):
+            for name in names:
+                p.zcard(c.keys.cell(name))
         replies = p.execute()
-        req_rows, replies = replies[:2 * len(rids)], replies[2 * len(rids):]
-        dev_rows, cell_counts = replies[:4 * len(serials)], replies[4 * len(serials):]
+        rows = replies[:2 * len(req_list)]
+        replies = replies[2 * len(req_list):]
+        dev_rows, counts_flat = replies[:4 * len(serials)], replies[4 * len(serials):]
+        cells = [name for names in cell_names for name in names]
+        # newest requests first over every shard (created time; a shard's own order is its seq)
+        order = sorted(range(len(req_list)), key=lambda i: -_i(rows[2 * i][6]))[:MAX_REQUESTS]
+        req_list = [req_list[i] for i in order]
+        req_rows = [x for i in order for x in (rows[2 * i][:6], rows[2 * i + 1])]
+        rids = [rid for _, rid in req_list]
+        cell_counts = counts_flat
 
         # Round trip 3: each shown folder's barrier fields and counts by status.
         folder_ids = [[_s(f) for f in req_rows[2 * i + 1]] for i in range(len(rids))]
         p = self.r.pipeline(transaction=False)
-        for fids in folder_ids:
+        for (c, _rid), fids in zip(req_list, folder_ids):
             for fid in fids:
-                p.hmget(sk.folder(fid), "srv", "phase", "n", "p1", "open")
-                p.hgetall(sk.folder_counts(fid))
+                p.hmget(c.keys.folder(fid), "srv", "phase", "n", "p1", "open")
+                p.hgetall(c.keys.folder_counts(fid))
         folder_replies = iter(p.execute())
+        st_s, st_d, st_t = stats["stacking"], stats["devices"], stats["tasks"]
+        partial = {name: _partial(lists, now) for name, lists in streams.items()}
+        merged = {name: sorted((x for lst in lists for x in lst), key=lambda entry: entry[0], reverse=True)
+                  for name, lists in streams.items()}
+        ev_s, ev_d, ev_t = merged["stacking"], merged["devices"], merged["tasks"]
 
         requests = []
         for i, rid in enumerate(rids):
@@ -139,7 +176,7 @@ class Overview:
             "tasks": {"stats": _counts(st_t), "waiting_for_submission": tc_queue, "submitting": tc_leased,
                       "backlog": self._backlog(cells, cell_counts), "refunds": self._refunds(ledger, now)},
             "failures": failures,
-            "chart": self._chart({"stacking": ev_s, "devices": ev_d, "tasks": ev_t}, now),
+            "chart": self._chart({"stacking": ev_s, "devices": ev_d, "tasks": ev_t}, now, partial),
         }
 
     # ---- sections ----------------------------------------------------------------
@@ -221,27 +258,43 @@ class Overview:
         return rows[:RECENT]
 
     @staticmethod
-    def _chart(streams: dict[str, list], now: int) -> dict:
+    def _chart(streams: dict[str, list], now: int, partial: dict[str, int | None]) -> dict:
         """Transitions per minute over the last hour, oldest minute first, per contract.
 
         Bucketed by the entry's ``at`` (the engine clock, as every other age here)."""
         series: dict[str, list[int]] = {}
-        partial = None
         for contract, entries in streams.items():
             counts = [0] * CHART_MINUTES
             for _id, f in entries:
                 ago = (now - _i(f.get(b"at"))) // 60_000
                 if 0 <= ago < CHART_MINUTES:
                     counts[CHART_MINUTES - 1 - ago] += 1
-            if len(entries) == EVENTS_READ and entries:
-                # The stream holds more than was read: minutes older than the last entry read are partial.
-                ago = (now - _i(entries[-1][1].get(b"at"))) // 60_000
-                if ago < CHART_MINUTES:
-                    partial = ago if partial is None else min(partial, ago)
             series[contract] = counts
+        known = [v for v in partial.values() if v is not None]
         total = [sum(c) for c in zip(*series.values())]
         return {"minutes": CHART_MINUTES, "series": series, "total": total, "max": max(total, default=0),
-                "partial_before_min": partial}
+                "partial_before_min": min(known) if known else None}
+
+
+def _partial(per_shard: list[list], now: int) -> int | None:
+    """Minutes ago before which a contract's chart is partial: a shard stream that held more
+    than was read is complete only back to the oldest entry read (None: complete)."""
+    out = None
+    for entries in per_shard:
+        if len(entries) == EVENTS_READ and entries:
+            ago = (now - _i(entries[-1][1].get(b"at"))) // 60_000
+            if ago < CHART_MINUTES:
+                out = ago if out is None else min(out, ago)
+    return out
+
+
+def _sum(hashes: list[dict]) -> dict[bytes, bytes]:
+    """Counter hashes of every shard added up (values as bytes, as HGETALL gives them)."""
+    total: dict[bytes, int] = {}
+    for h in hashes:
+        for k, v in h.items():
+            total[k] = total.get(k, 0) + int(v)
+    return {k: str(v).encode() for k, v in total.items()}
 
 
 __all__ = ["Overview", "MAX_REQUESTS", "MAX_FOLDERS", "MAX_SERIALS", "MAX_SERVERS", "EVENTS_READ"]

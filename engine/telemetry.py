@@ -46,7 +46,7 @@ class Telemetry:
 
     def __init__(self, engine: Engine) -> None:
         self.r = engine.core.r
-        self.keys = {"stacking": engine.core.keys, "devices": engine.devices.k, "tasks": engine.tasks.k}
+        self.shards = {"stacking": engine.stacking_shards, "devices": engine.device_shards, "tasks": engine.task_shards}
 
     def read(self) -> dict[str, ContractFigures]:
         """Every contract's status counts and totals, in one round trip.
@@ -58,15 +58,21 @@ class Telemetry:
         """
         p = self.r.pipeline(transaction=False)
         for contract in CONTRACTS:
-            p.hgetall(self.keys[contract].stats)
-            p.hgetall(self.keys[contract].totals)
-        replies = p.execute()
+            for core in self.shards[contract]:  # every shard's counters, added up
+                p.hgetall(core.keys.stats)
+                p.hgetall(core.keys.totals)
+        replies = iter(p.execute())
         out: dict[str, ContractFigures] = {}
-        for i, contract in enumerate(CONTRACTS):
-            statuses = _decode(replies[2 * i])
+        for contract in CONTRACTS:
+            statuses: dict[str, int] = {}
+            totals = {name: 0 for name in TOTALS[contract]}
+            for _ in self.shards[contract]:
+                for k, v in _decode(next(replies)).items():
+                    statuses[k] = statuses.get(k, 0) + v
+                for k, v in _decode(next(replies)).items():
+                    totals[k] = totals.get(k, 0) + v
             if contract == "devices":
                 statuses = {STATUS_NAMES.get(k, k): v for k, v in statuses.items()}
-            totals = {name: 0 for name in TOTALS[contract]} | _decode(replies[2 * i + 1])
             out[contract] = ContractFigures(statuses, totals)
         return out
 

@@ -179,9 +179,10 @@ def test_chart_counts_every_transition_in_its_minute(engine, client, clock):
     assert sum(snapshot(client)["chart"]["total"]) == 0
 
 
-def test_lists_are_capped_newest_requests_first_folders_in_order(engine, client):
+def test_lists_are_capped_newest_requests_first_folders_in_order(engine, client, clock):
     for i in range(MAX_REQUESTS + 2):
         engine.stacking.create_request({**request_doc(folders=1, tasks=1, prefix=f"R{i}-"), "id": f"r{i:02}"})
+        clock.advance(0.001)  # across shards, newest means created last (per shard, it is the order number)
     engine.stacking.create_request({**request_doc(folders=MAX_FOLDERS + 2, tasks=1, prefix="big-"), "id": "big"})
     reqs = snapshot(client)["stacking"]["requests"]
     assert len(reqs) == MAX_REQUESTS
