@@ -87,8 +87,11 @@ class Overview:
         req_ids = [[_s(r) for r in next(replies)] for _ in ss]
         active: dict[bytes, bytes] = {}
         running: dict[str, str] = {}
-        for _ in ds:
-            active.update(next(replies))
+        home_of: dict[str, Any] = {}  # serial -> the device shard whose `active` lists it
+        for c in ds:
+            got = next(replies)
+            active.update(got)
+            home_of.update({_s(x): c for x in got})
             running.update({_s(k): _s(v) for k, v in next(replies).items()})
         cell_names: list[list[str]] = []
         tc_queue = tc_leased = 0
@@ -113,7 +116,7 @@ class Overview:
             p.hmget(c.keys.request(rid), "st", "website", "mode", "total", "open", "nf", "ca")
             p.lrange(c.keys.request_folders(rid), 0, MAX_FOLDERS - 1)
         for serial in serials:
-            dk = e.device_shards.for_name(serial).keys
+            dk = home_of[serial].keys
             p.zcard(dk.queue(serial))
             p.zcard(dk.scheduled(serial))
             p.hget(dk.devices, serial)
