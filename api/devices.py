@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from engine.device_scripts import MissingScriptName, NoAccount, ScriptNotAllowed
-from engine.devices import Devices, PlanRefused
+from engine.devices import Devices, PlanRefused, Steps
 from engine.errors import Conflict, EngineError, Forbidden, InvalidInput, NotFound, Unavailable
 
 from .http import JSON, PayloadTooLarge, Unauthorized, read_json, require_bearer
@@ -55,6 +55,10 @@ def _devices(request: Request) -> Devices:
 
 
 async def _run(request: Request, call: Any) -> Any:
+    """A ``Call`` joins the process's batcher; ``Steps`` (several round trips, sharded only) runs
+    on a worker thread."""
+    if isinstance(call, Steps):
+        return await run_in_threadpool(call.run)
     return await request.app.state.device_batch.run(call)
 
 

@@ -27,7 +27,7 @@ class Engine:
         self.core = self.stacking_shards.home
         self.servers = Servers(self.stacking_shards)
         self.stacking = Stacking(self.stacking_shards)
-        self.devices = Devices(self.device_shards.home)
+        self.devices = Devices(self.device_shards)
         self.tasks = TaskCenter(self.task_shards.home)
         self._rq: redis.Redis | None = None
 

@@ -13,8 +13,9 @@ from engine.errors import EngineError
 SCRIPTS = ("post", "follow", "login")
 
 
-def scan_tasks(engine) -> dict[int, dict]:
-    r, k = engine.core.r, engine.devices.k
+def scan_tasks(core) -> dict[int, dict]:
+    """The task hashes of one device shard."""
+    r, k = core.r, core.keys
     out = {}
     for key in r.scan_iter(match=k.prefix + "t:*", count=1000):
         h = {f.decode(): v.decode() for f, v in r.hgetall(key).items()}
@@ -22,36 +23,51 @@ def scan_tasks(engine) -> dict[int, dict]:
     return out
 
 
-def zmembers(engine, key: str) -> set[int]:
-    return {int(m) for m in engine.core.r.zrange(key, 0, -1)}
+def zmembers(core, key: str) -> set[int]:
+    return {int(m) for m in core.r.zrange(key, 0, -1)}
 
 
 def check_invariants(engine) -> None:
-    r, k, d = engine.core.r, engine.devices.k, engine.devices
-    tasks = scan_tasks(engine)
-    by_status = Counter(t["st"] for t in tasks.values())
+    """Every derived structure of every shard rebuilt from that shard's task hashes; every task
+    and binding on the shard its id and serial say; the summed counters equal to the recount."""
+    d, shards = engine.devices, engine.device_shards
     names = {"0": "pending", "1": "running", "2": "completed", "3": "failed"}
-    assert d.stats() == {"total": len(tasks), **{n: by_status.get(s, 0) for s, n in names.items()}}
-    assert zmembers(engine, k.index("all")) == set(tasks)
-    for st in names:
-        assert zmembers(engine, k.index("st", st)) == {i for i, t in tasks.items() if t["st"] == st}
-    for field, ix in (("se", "se"), ("sc", "sc"), ("src", "src")):
-        for value in {t[field] for t in tasks.values()}:
-            assert zmembers(engine, k.index(ix, value)) == {i for i, t in tasks.items() if t[field] == value}
-    running = {i for i, t in tasks.items() if t["st"] == "1"}
-    run_map = {s.decode(): int(i) for s, i in r.hgetall(k.running).items()}
-    assert set(run_map.values()) == running  # every running task is its device's one running task
-    assert all(tasks[i]["se"] == s for s, i in run_map.items())
-    assert zmembers(engine, k.run_leases) == running
-    active = Counter(t["se"] for t in tasks.values() if t["st"] in ("0", "1"))
-    assert {s.decode(): int(n) for s, n in r.hgetall(k.active).items()} == dict(active)
-    for serial in {t["se"] for t in tasks.values()}:
-        queued = zmembers(engine, k.queue(serial))
-        scheduled = zmembers(engine, k.scheduled(serial))
-        assert not queued & scheduled
-        assert queued | scheduled == {i for i, t in tasks.items() if t["st"] == "0" and t["se"] == serial}
-    retries = zmembers(engine, k.retries)
-    assert all(tasks[i]["st"] == "3" and tasks[i].get("stop") != "1" for i in retries if i in tasks)
+    everything: Counter = Counter()
+    bound: dict[str, str] = {}
+    for index, core in enumerate(shards):
+        r, k = core.r, core.keys
+        tasks = scan_tasks(core)
+        everything.update(t["st"] for t in tasks.values())
+        assert all(i % shards.n == index for i in tasks)  # the id names its shard
+        assert all(shards.index_for_name(t["se"]) == index for t in tasks.values())  # so does the serial
+        assert {s.decode(): int(n) for s, n in r.hgetall(k.stats).items() if int(n)} == {
+            s: n for s, n in Counter(t["st"] for t in tasks.values()).items()}
+        assert zmembers(core, k.index("all")) == set(tasks)
+        for st in names:
+            assert zmembers(core, k.index("st", st)) == {i for i, t in tasks.items() if t["st"] == st}
+        for field, ix in (("se", "se"), ("sc", "sc"), ("src", "src")):
+            for value in {t[field] for t in tasks.values()}:
+                assert zmembers(core, k.index(ix, value)) == {i for i, t in tasks.items() if t[field] == value}
+        running = {i for i, t in tasks.items() if t["st"] == "1"}
+        run_map = {s.decode(): int(i) for s, i in r.hgetall(k.running).items()}
+        assert set(run_map.values()) == running  # every running task is its device's one running task
+        assert all(tasks[i]["se"] == s for s, i in run_map.items())
+        assert zmembers(core, k.run_leases) == running
+        active = Counter(t["se"] for t in tasks.values() if t["st"] in ("0", "1"))
+        assert {s.decode(): int(n) for s, n in r.hgetall(k.active).items()} == dict(active)
+        for serial in {t["se"] for t in tasks.values()}:
+            queued = zmembers(core, k.queue(serial))
+            scheduled = zmembers(core, k.scheduled(serial))
+            assert not queued & scheduled
+            assert queued | scheduled == {i for i, t in tasks.items() if t["st"] == "0" and t["se"] == serial}
+        retries = zmembers(core, k.retries)
+        assert all(tasks[i]["st"] == "3" and tasks[i].get("stop") != "1" for i in retries if i in tasks)
+        for user, serial in r.hgetall(k.users).items():
+            user, serial = user.decode(), serial.decode()
+            assert shards.index_for_name(serial) == index and user not in bound  # one binding, on its shard
+            assert r.sismember(k.accounts(serial), user)
+            bound[user] = serial
+    assert d.stats() == {"total": sum(everything.values()), **{n: everything.get(s, 0) for s, n in names.items()}}
 
 
 @pytest.mark.parametrize("seed", [3, 17])
@@ -143,7 +159,8 @@ def test_16_threads_claiming_for_50_devices_never_double_run(engine):
     for page in range(2, 4):
         serial_of.update({t["id"]: t["serial"] for t in d.list(page=str(page), page_size="100")["items"]})
     running: dict[str, int | None] = defaultdict(lambda: None)
-    for _, e in engine.core.r.xrange(d.k.events):
+    stream = [e for c in engine.device_shards for e in c.r.xrange(c.keys.events)]  # a serial's: one shard's
+    for _, e in stream:
         tid, old, new = int(e[b"task"]), e[b"from"], e[b"to"]
         serial = serial_of[tid]
         if new == b"1":

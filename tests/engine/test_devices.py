@@ -23,17 +23,19 @@ def claim(engine, *serials, limit=None, agent="a1") -> list[dict]:
 
 
 def events(engine) -> list[dict]:
-    raw = engine.core.r.xrange(engine.devices.k.events)
+    """Every device shard's event stream, shard after shard (one stream per shard)."""
+    raw = [e for c in engine.device_shards for e in c.r.xrange(c.keys.events)]
     return [{k.decode(): v.decode() for k, v in fields.items()} for _, fields in raw]
 
 
 def recount(engine) -> dict:
-    """Stats from a full scan of every task: what the O(1) counters must equal."""
+    """Stats from a full scan of every task of every shard: what the O(1) counters must equal."""
     counts = {"pending": 0, "running": 0, "completed": 0, "failed": 0}
     names = ["pending", "running", "completed", "failed"]
-    r, k = engine.core.r, engine.devices.k
-    for key in r.scan_iter(match=k.prefix + "t:*", count=1000):
-        counts[names[int(r.hget(key, "st"))]] += 1
+    for core in engine.device_shards:
+        r, k = core.r, core.keys
+        for key in r.scan_iter(match=k.prefix + "t:*", count=1000):
+            counts[names[int(r.hget(key, "st"))]] += 1
     return {"total": sum(counts.values()), **counts}
 
 
@@ -277,9 +279,9 @@ def test_delete_stops_running_tasks_and_removes_every_trace(engine):
         engine.devices.get(ids[0])
     assert engine.devices.stats() == {"total": 0, "pending": 0, "running": 0, "completed": 0, "failed": 0}
     assert engine.devices.list()["total"] == 0
-    k = engine.devices.k
-    assert engine.core.r.hlen(k.running) == 0 and engine.core.r.hlen(k.active) == 0
-    assert engine.core.r.zcard(k.run_leases) == 0
+    for core in engine.device_shards:
+        r, k = core.r, core.keys
+        assert r.hlen(k.running) == 0 and r.hlen(k.active) == 0 and r.zcard(k.run_leases) == 0
     with pytest.raises(NotFound):
         engine.devices.delete(ids[0])
 
@@ -367,9 +369,9 @@ def test_every_status_change_is_one_event(engine):
     [tid] = engine.devices.create(post(["s1"]))["task_ids"]
     claim(engine, "s1", agent="phone-farm-1")
     engine.devices.complete(tid)
-    assert [(e["from"], e["to"]) for e in events(engine) if e["task"] == str(tid)] == [
-        ("", "0"), ("0", "1"), ("1", "2")]
-    assert [e["by"] for e in events(engine)][1] == "phone-farm-1"
+    mine = [e for e in events(engine) if e["task"] == str(tid)]  # one serial: one shard, one stream
+    assert [(e["from"], e["to"]) for e in mine] == [("", "0"), ("0", "1"), ("1", "2")]
+    assert mine[1]["by"] == "phone-farm-1"
 
 
 def state_of(engine) -> dict:

@@ -4,13 +4,18 @@ For each serial: its last-seen time; when its account list is given, that list
 replaces the device's accounts (an account bound to another device moves
 here); the run lease of its running task is extended to now + run_ttl; stop
 signals older than run_ttl are dropped and the rest returned (a signal stays
-until it ages out, so a lost response loses nothing).
+until it ages out, so a lost response loses nothing). With shards, an account
+lives on the shard of its device: the usernames listed in ARGV[6..] were
+reported for devices of other shards, and any binding of theirs here goes (after
+this shard's own bindings, so the last device reporting an account wins, as
+with one shard).
 KEYS[1] devices    hash serial -> last heartbeat ms
 KEYS[2] users      hash username -> serial
 KEYS[3] running    hash serial -> running task id
 KEYS[4] lease:run  zset id -> deadline ms
 ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] run ttl ms
-ARGV[5..] per serial: serial, n (-1 = accounts not given), then n usernames
+ARGV[5] m  ARGV[6..5+m] usernames now bound on other shards
+then per serial: serial, n (-1 = accounts not given), then n usernames
 Derived keys: acc:<serial>, stops:<serial>.
 Returns {{stop id...}, {serial, running id, ...}}
 Events: none.
@@ -19,7 +24,8 @@ local K, NOW = ARGV[1], tonumber(ARGV[2])
 local run_ttl = tonumber(ARGV[4])
 
 local stops, running = {}, {}
-local i = 5
+local m = tonumber(ARGV[5])
+local i = 6 + m
 while i <= #ARGV do
   local se, n = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
@@ -50,5 +56,13 @@ while i <= #ARGV do
   local sk = K .. 'stops:' .. se
   redis.call('ZREMRANGEBYSCORE', sk, '-inf', NOW - run_ttl)
   for _, s in ipairs(redis.call('ZRANGE', sk, 0, -1)) do stops[#stops + 1] = s end
+end
+for j = 6, 5 + m do
+  local u = ARGV[j]
+  local se = redis.call('HGET', KEYS[2], u)
+  if se then
+    redis.call('HDEL', KEYS[2], u)
+    redis.call('SREM', K .. 'acc:' .. se, u)
+  end
 end
 return {stops, running}
