@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from engine.calls import Call
 from engine.errors import EngineError, Forbidden, InvalidInput, NotFound, Unavailable
-from engine.taskcenter import NotSignedIn, TaskCenter, bearer_value
+from engine.taskcenter import NotSignedIn, Rounds, TaskCenter, bearer_value
 
 from .admin import _operator
 from .http import JSON, PayloadTooLarge, read_json
@@ -173,8 +173,12 @@ async def user_self(request: Request) -> JSON:
     return _ok(await _user(request, USER_ROLE))
 
 
-async def _list(request: Request, call: Call) -> JSON:
+async def _list(request: Request, call: Call | Rounds) -> JSON:
+    """One page: a ``Call`` joins the batcher; ``Rounds`` (an admin list merged over shards) sends
+    each of its rounds through the batcher in turn."""
     try:
+        if isinstance(call, Rounds):
+            return _ok(await call.run_async(lambda step: _run(request, step)))
         return _ok(await _run(request, call))
     except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
         log.warning("task list failed: %s: %s", type(exc).__name__, exc)

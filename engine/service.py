@@ -28,7 +28,7 @@ class Engine:
         self.servers = Servers(self.stacking_shards)
         self.stacking = Stacking(self.stacking_shards)
         self.devices = Devices(self.device_shards)
-        self.tasks = TaskCenter(self.task_shards.home)
+        self.tasks = TaskCenter(self.task_shards)
         self._rq: redis.Redis | None = None
 
     def rq_client(self) -> redis.Redis:

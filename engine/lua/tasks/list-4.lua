@@ -17,6 +17,11 @@ ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] uid ('' = every user)
 ARGV[5] platform  ARGV[6] ACTION  ARGV[7] status  ARGV[8] channel id  ARGV[9] public task id
 ARGV[10] start s  ARGV[11] end s  ('' = no filter, for ARGV[5..11])
 ARGV[12] offset  ARGV[13] size  ARGV[14] '1' = append the user's name to each record
+ARGV[15] mode ('' or absent = the page above); a list merged over task-center shards
+(engine/taskcenter.py, several round trips) asks each shard with the same filters:
+  'probe' ARGV[16..] ids x: {total, highest id, lowest id, count of ids >= x for each x}
+  'ids'   ARGV[16] top id ('' = none)  ARGV[17] limit: {total, the `limit` highest ids <= top}
+  (offset and size unused; either mode answers {0} when the time filter leaves nothing).
 Returns {total, record...}; a record is {id, FIELDS...[, username]} (includes/center.lua).
 Events: none.
 ]]
@@ -26,6 +31,8 @@ local K, NOW, MAXLEN = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local uid, pf, ac, st, ch, tid = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local off, size, names = tonumber(ARGV[12]), tonumber(ARGV[13]), ARGV[14] == '1'
 local DEEP = 2000
+local mode = ARGV[15] or ''
+local function str(n) return type(n) == 'number' and string.format('%d', n) or n end  -- ids beyond 14 digits
 
 local lo, hi = '-inf', '+inf'
 if ARGV[10] ~= '' then
@@ -75,7 +82,6 @@ end
 local total = 0
 for _, src in ipairs(srcs) do total = total + redis.call('ZCOUNT', src, lo, hi) end
 local out = {total}
-if total == 0 or off >= total then return out end
 
 local function merge(top, limit)
   -- the `limit` highest ids <= top over every source, highest first
@@ -89,9 +95,39 @@ local function merge(top, limit)
   return all
 end
 
+if mode == 'probe' then
+  local top, bottom = nil, nil
+  for _, src in ipairs(srcs) do
+    local t = redis.call('ZREVRANGEBYSCORE', src, hi, lo, 'LIMIT', 0, 1)
+    if #t > 0 and (not top or tonumber(t[1]) > top) then top = tonumber(t[1]) end
+    local b = redis.call('ZRANGEBYSCORE', src, lo, hi, 'LIMIT', 0, 1)
+    if #b > 0 and (not bottom or tonumber(b[1]) < bottom) then bottom = tonumber(b[1]) end
+  end
+  out[2], out[3] = str(top or 0), str(bottom or 0)
+  for i = 16, #ARGV do
+    local from = ARGV[i]
+    if lo ~= '-inf' and tonumber(lo) > tonumber(from) then from = lo end
+    local n = 0
+    if total > 0 then
+      for _, src in ipairs(srcs) do n = n + redis.call('ZCOUNT', src, from, hi) end
+    end
+    out[#out + 1] = n
+  end
+  return out
+end
+if mode == 'ids' then
+  local top = hi
+  if ARGV[16] ~= '' and (top == '+inf' or tonumber(ARGV[16]) < top) then top = ARGV[16] end
+  if total > 0 then
+    for _, id in ipairs(merge(top, tonumber(ARGV[17]))) do out[#out + 1] = str(id) end
+  end
+  return out
+end
+if total == 0 or off >= total then return out end
+
 local ids = {}
 if #srcs == 1 then
-  local above = hi == '+inf' and 0 or redis.call('ZCOUNT', srcs[1], '(' .. hi, '+inf')
+  local above = hi == '+inf' and 0 or redis.call('ZCOUNT', srcs[1], '(' .. str(hi), '+inf')
   local first = above + off
   local last = above + math.min(off + size, total) - 1
   ids = redis.call('ZREVRANGE', srcs[1], first, last)

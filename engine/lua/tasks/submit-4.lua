@@ -9,7 +9,10 @@ ids and submit times grow together (time filters become id ranges: `secs`).
 KEYS[1] k:<token>  KEYS[2] seq  KEYS[3] pub (public id -> id)  KEYS[4] prices
 ARGV[1] K  ARGV[2] now ms  ARGV[3] events (and ledger) maxlen  ARGV[4] platform
 ARGV[5] ACTION  ARGV[6] default price  ARGV[7] public task id  ARGV[8] body (JSON)
-ARGV[9] properties (JSON)  ARGV[10] token key
+ARGV[9] properties (JSON)  ARGV[10] token key  ARGV[11] N shards  ARGV[12] this shard's index
+The id: with one shard the next `seq`; with N > 1 the shard's next sequence number, never
+below now (ms), times N plus the shard index (engine/shards.py encode_id): unique over the
+shards, its shard is id % N, and ids of different shards interleave by creation time.
 Derived keys: u:<uid>, t:<id>, ix:all, ix:u:<uid>, cells, meta, secs, active, q, ledger.
 Returns {"ok", id, price, queue_was_empty} | {"invalid_token"} | {"token_disabled"}
         | {"user_disabled"} | {"insufficient_user_quota", quota, price}
@@ -33,7 +36,15 @@ if tonumber(usr[2]) < price then return {'insufficient_user_quota', usr[2], pric
 if tok[3] ~= '1' and tonumber(tok[4]) < price then return {'insufficient_token_quota', tok[4], price} end
 if redis.call('HEXISTS', KEYS[3], tid) == 1 then return {'exists', tid} end
 
-local id = redis.call('INCR', KEYS[2])
+local id
+if ARGV[11] == '1' then
+  id = redis.call('INCR', KEYS[2])
+else
+  local n = tonumber(redis.call('GET', KEYS[2]) or '0') + 1
+  if n < NOW then n = NOW end
+  redis.call('SET', KEYS[2], string.format('%d', n))
+  id = string.format('%d', n * tonumber(ARGV[11]) + tonumber(ARGV[12]))
+end
 if price > 0 then
   redis.call('HINCRBY', uk, 'quota', -price)
   redis.call('HINCRBY', uk, 'used', price)

@@ -114,6 +114,7 @@ end
 local FIELDS = {'ca', 'ua', 'tid', 'pf', 'u', 'ch', 'q', 'ac', 'st', 'fr', 'sbt', 'stt', 'ft', 'pg', 'pr', 'd'}
 
 local function record(id)
+  if type(id) == 'number' then id = string.format('%d', id) end  -- '..' would print 15+ digits as 1e+14
   local r = redis.call('HMGET', K .. 't:' .. id, unpack(FIELDS))
   table.insert(r, 1, id)
   return r
