@@ -203,3 +203,20 @@ def test_50301_when_redis_is_unreachable(engine, monkeypatch):
     resp = TestClient(create_app(engine, access_log=False)).get(f"{TASK}/stats")
     assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
     assert resp.json()["code"] == 50301 and resp.json()["data"] is None
+
+
+# ---- several round trips (with shards: a create, a limited claim, a deep page) ---------------------
+def test_creates_claims_and_pages_that_take_several_round_trips_answer_like_one_call(client, engine):
+    engine.devices.s.plan = "business"
+    serials = [f"dev{i:02d}" for i in range(40)]
+    ids = [t for _ in range(3) for t in create(client, serials=serials)]
+    assert len(set(ids)) == 120 and ids == sorted(ids)
+    newest = sorted(ids, reverse=True)
+    for page, size in ((1, 20), (2, 60), (3, 45), (4, 40)):
+        got = ok(client.get(TASK, params={"page": str(page), "page_size": str(size)}))
+        assert got["total"] == 120 and [t["id"] for t in got["items"]] == newest[(page - 1) * size:page * size]
+    tasks = ok(client.post("/api/v1/agent/claim", json={"serials": serials[:10], "limit": 4}))["tasks"]
+    assert [t["serial"] for t in tasks] == serials[:4]  # the oldest task of the first idle devices, in order
+    assert [t["id"] for t in tasks] == ids[:4]
+    assert ok(client.get(f"{TASK}/stats")) == {"total": 120, "pending": 116, "running": 4, "completed": 0,
+                                                "failed": 0}
