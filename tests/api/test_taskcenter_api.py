@@ -1,6 +1,7 @@
 """The task center over HTTP (task-center.md): /suno submit and fetch, the management auth
 matrix, the task lists (every filter, pairs, time bounds, pagination) and the operator API.
-Every test runs on fakeredis and on a real redis-server (the ``engine`` fixture)."""
+Every test runs on fakeredis, on a real redis-server and on a 3-master cluster with the task
+center in 3 shards (the ``engine`` fixture; the ledger is read on every shard)."""
 from __future__ import annotations
 
 import re
@@ -32,10 +33,13 @@ def mgmt(user: dict, header: str | None = None) -> dict:
             "New-Api-User": str(user["id"]) if header is None else header}
 
 
+def ledger_len(engine) -> int:
+    return sum(c.r.xlen(c.keys.ledger) for c in engine.tasks.shards)
+
+
 def snapshot(engine, uid: int) -> tuple:
     u = engine.tasks.user(uid)
-    return (u["quota"], u["used_quota"], engine.tasks.list({}, admin=True)["total"],
-            engine.core.r.xlen(engine.tasks.k.ledger))
+    return (u["quota"], u["used_quota"], engine.tasks.list({}, admin=True)["total"], ledger_len(engine))
 
 
 def suno_ok(resp):
@@ -158,7 +162,7 @@ def test_limited_token_quota_is_charged_and_enforced(client, engine):
 # ---- 2. fetch ----------------------------------------------------------------------------
 def test_fetch_one_and_many_only_own_tasks(client, engine):
     a = engine.tasks.create_user("amy", 1_000_000, "common")
-    b = engine.tasks.create_user("bob", 1_000_000, "common")
+    b = engine.tasks.create_user("bobby", 1_000_000, "common")  # with 3 shards, not amy's
     a1 = suno_ok(submit(client, a["api_key"]))
     a2 = suno_ok(submit(client, a["api_key"], "lyrics"))
     b1 = suno_ok(submit(client, b["api_key"]))
@@ -262,14 +266,15 @@ def test_user_self(client, engine):
 @pytest.fixture
 def world(client, engine, clock):
     """admin + alice + bob; six tasks, 10 s apart, in every interesting status and channel.
+    With 3 shards the three users are on three different shards (names placed by CRC32).
 
     t1 alice MUSIC SUCCESS c1 | t2 alice LYRICS IN_PROGRESS c2 | t3 bob MUSIC FAILURE c1
     t4 alice MUSIC IN_PROGRESS c2 | t5 bob LYRICS SUCCESS c1 | t6 alice MUSIC NOT_START (no channel)
     """
     t = engine.tasks
-    admin = t.create_user("admin", 0, "admin")
+    admin = t.create_user("eve", 0, "admin")
     alice = t.create_user("alice", 1_000_000, "common")
-    bob = t.create_user("bob", 1_000_000, "common")
+    bob = t.create_user("bobby", 1_000_000, "common")
     c1, c2 = t.add_channel("suno", "http://one", "k1"), t.add_channel("suno", "http://two", "k2")
     plan = [(alice, "music"), (alice, "lyrics"), (bob, "music"), (alice, "music"), (bob, "lyrics")]
     made = []
@@ -310,7 +315,7 @@ def test_lists_items_fields_and_order(client, engine, world):
     assert ids_of(data) == [t6, t5, t4, t3, t2, t1]
     by_id = {it["id"]: it for it in data["items"]}
     assert all(list(it.keys()) == ADMIN_KEYS for it in data["items"])
-    assert [by_id[i]["username"] for i in (t1, t3)] == ["alice", "bob"]
+    assert [by_id[i]["username"] for i in (t1, t3)] == ["alice", "bobby"]
     assert [by_id[i]["channel_id"] for i in (t1, t2, t3, t4, t5, t6)] == [w["c1"], w["c2"], w["c1"], w["c2"],
                                                                         w["c1"], 0]
     assert [by_id[i]["status"] for i in (t1, t2, t3, t4, t5, t6)] == [
@@ -482,9 +487,9 @@ def test_admin_users_tokens_quota(client, engine):
     failed(client.post(f"{A}/users", json={"name": "y", "quota": -1}), 400)
     failed(client.post(f"{A}/users", json={"name": "z", "quota": "lots"}), 400)
     failed(client.post(f"{A}/users", content=b"{oops", headers={"Content-Type": "application/json"}), 400)
-    ok(client.post(f"{A}/users", json={"name": "bob"}), 201)
+    bob = ok(client.post(f"{A}/users", json={"name": "bobby"}), 201)["id"]  # with 3 shards, not amy's
     users = ok(client.get(f"{A}/users"))
-    assert [u["username"] for u in users] == ["amy", "bob"]
+    assert [u["username"] for u in users] == [name for _, name in sorted([(uid, "amy"), (bob, "bobby")])]  # by id
     assert ok(client.get(f"{A}/users/{uid}")) == {"id": uid, "username": "amy", "role": 10, "status": 1,
                                                   "quota": 1000, "used_quota": 0}
     failed(client.get(f"{A}/users/9999"), 404)
@@ -497,7 +502,7 @@ def test_admin_users_tokens_quota(client, engine):
     failed(client.patch(f"{A}/users/{uid}", json={}), 400)
     failed(client.patch(f"{A}/users/9999", json={"status": "disabled"}), 404)
     # quota
-    ledger = engine.core.r.xlen(engine.tasks.k.ledger)
+    ledger = ledger_len(engine)
     assert ok(client.post(f"{A}/users/{uid}/quota", json={"amount": 99_000})) == {"user_id": uid, "quota": 100_000}
     assert ok(client.post(f"{A}/users/{uid}/quota", json={"amount": -40_000}))["quota"] == 60_000
     failed(client.post(f"{A}/users/{uid}/quota", json={"amount": -60_001}), 400)
@@ -505,7 +510,7 @@ def test_admin_users_tokens_quota(client, engine):
     failed(client.post(f"{A}/users/{uid}/quota", json={}), 400)
     failed(client.post(f"{A}/users/9999/quota", json={"amount": 5}), 404)
     assert engine.tasks.user(uid)["quota"] == 60_000
-    assert engine.core.r.xlen(engine.tasks.k.ledger) == ledger + 2
+    assert ledger_len(engine) == ledger + 2
     # tokens
     tok = ok(client.post(f"{A}/users/{uid}/tokens", json={"name": "lim", "quota": MUSIC}), 201)
     assert tok["api_key"].startswith("sk-") and tok["quota"] == MUSIC
@@ -514,7 +519,7 @@ def test_admin_users_tokens_quota(client, engine):
     failed(client.post(f"{A}/users/9999/tokens", json={"name": "x"}), 404)
     failed(client.post(f"{A}/users/{uid}/tokens", json={"quota": -5}), 400)
     audit = ok(client.get(f"{A}/quota/audit"))
-    assert audit["ok"] is True and [r["user_id"] for r in audit["users"]] == [uid, uid + 1]
+    assert audit["ok"] is True and [r["user_id"] for r in audit["users"]] == sorted([uid, bob])
     assert all(r["ok"] and r["problems"] == [] for r in audit["users"])
 
 

@@ -1,8 +1,10 @@
 """Task center engine: charges, submissions, polling, timeouts, refunds exactly once, the audit.
 
-Every test runs on fakeredis and on a real redis-server (the ``engine`` fixture).
-The upstream is the sandbox platform (api/sandbox.py) through the real httpx
-client, or a small stub where a test needs threads.
+Every test runs on fakeredis, on a real redis-server and on a 3-master cluster with the
+task center in 3 shards (the ``engine`` fixture): keys are read through the shard that
+holds them (``shard_of_task`` / ``shard_of_user`` / ``shard_of_secret``), streams of every
+shard are read together. The upstream is the sandbox platform (api/sandbox.py) through
+the real httpx client, or a small stub where a test needs threads.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from starlette.testclient import TestClient
 
 from api.sandbox import create_sandbox_app
 from engine.errors import InvalidInput, NotFound
-from engine.taskcenter import Channel, InsufficientQuota, NotSignedIn, choose_channel, map_report
+from engine.taskcenter import Channel, InsufficientQuota, NotSignedIn, choose_channel, map_report, token_hash
+from redis.cluster import RedisCluster
 from workers import jobs
 from workers.upstream import PlatformClient
 
@@ -34,11 +37,29 @@ def _sandbox(clock, **kw):
 
 
 def _task(engine, task_id):
-    return engine.tasks.core.r.hgetall(engine.tasks.k.task(task_id))
+    core = engine.tasks.shard_of_task(task_id)
+    return core.r.hgetall(core.keys.task(task_id))
+
+
+def _stream(engine, name):
+    """Every shard's entries of a stream (``ledger``, ``events``)."""
+    return [f for c in engine.tasks.shards for _, f in c.r.xrange(getattr(c.keys, name))]
 
 
 def _ledger(engine):
-    return [{k.decode(): v.decode() for k, v in f.items()} for _, f in engine.core.r.xrange(engine.tasks.k.ledger)]
+    return [{k.decode(): v.decode() for k, v in f.items()} for f in _stream(engine, "ledger")]
+
+
+def _all_keys(engine):
+    r = engine.core.r
+    pattern = f"{engine.core.settings.namespace}:*"
+    if isinstance(r, RedisCluster):
+        return r.keys(pattern, target_nodes=RedisCluster.ALL_NODES)
+    return r.keys(pattern)
+
+
+def _zcard_all(engine, name):
+    return sum(c.r.zcard(getattr(c.keys, name)) for c in engine.tasks.shards)
 
 
 def _refunds(engine):
@@ -67,7 +88,7 @@ def test_a_refused_submit_changes_nothing(engine):
     r = engine.core.r
 
     def snapshot() -> dict:
-        return {k: r.dump(k) for k in r.keys(f"{engine.core.settings.namespace}:*")}
+        return {k: r.dump(k) for k in _all_keys(engine)}
 
     before = snapshot()
     with pytest.raises(InsufficientQuota):
@@ -106,7 +127,7 @@ def test_the_submit_job_submits_and_the_poll_job_walks_the_task_to_success(engin
     assert t[b"pg"] == b"100%" and int(t[b"stt"]) > 0 and int(t[b"ft"]) >= int(t[b"stt"])
     assert orjson.loads(t[b"d"])["clips"][0]["duration"] == 120
     assert tc.user(u["id"])["used_quota"] == MUSIC  # success keeps the charge
-    assert not engine.core.r.zcard(tc.k.polls) and not engine.core.r.zcard(tc.k.active)
+    assert not _zcard_all(engine, "polls") and not _zcard_all(engine, "active")
 
 
 def test_platform_failure_refunds_once_however_often_it_is_reported(engine, clock):
@@ -127,8 +148,8 @@ def test_platform_failure_refunds_once_however_often_it_is_reported(engine, cloc
         clock.advance(2 * 86400)
         tc.sweep()
     assert tc.user(u["id"])["quota"] == 10 * MUSIC and tc.user(u["id"])["used_quota"] == 0
-    assert engine.core.r.hget(tc.k.token(__import__("engine.taskcenter").taskcenter.token_hash(token["api_key"])),
-                              "rq") == str(2 * MUSIC).encode()
+    shard = tc.shard_of_secret(token["api_key"])
+    assert shard.r.hget(shard.keys.token(token_hash(token["api_key"])), "rq") == str(2 * MUSIC).encode()
     assert _refunds(engine) == {str(sub["id"]): 1}
     assert _task(engine, sub["id"])[b"fr"] == t[b"fr"]  # a terminal task never changes again
     assert all(row["ok"] for row in tc.audit())
@@ -249,7 +270,8 @@ def test_grants_and_the_audit_catch_a_balance_that_does_not_add_up(engine):
         tc.grant(u["id"], -3 * MUSIC)
     tc.submit(u["api_key"], "suno", "music", {"prompt": "x"})
     assert [row["ok"] for row in tc.audit()] == [True]
-    engine.core.r.hincrby(tc.k.user(u["id"]), "quota", 1)  # a balance changed behind the ledger's back
+    shard = tc.shard_of_user(u["id"])
+    shard.r.hincrby(shard.keys.user(u["id"]), "quota", 1)  # a balance changed behind the ledger's back
     row = tc.audit()[0]
     assert not row["ok"] and any("quota" in p for p in row["problems"])
 
@@ -273,11 +295,13 @@ def test_1000_failures_with_two_pollers_the_sweep_and_duplicate_jobs_are_refunde
     """Real threads on one Redis: two poll jobs, the timeout sweep and duplicated jobs replaying
     the same FAILURE reports race for 1,000 failing tasks. Each is refunded once; the audit balances."""
     tc = engine.tasks
-    users = [tc.create_user(f"u{i}", 300 * MUSIC) for i in range(4)]
+    users = [tc.create_user(f"u{i}", 300 * MUSIC) for i in (0, 2, 3, 7)]  # with 3 shards: on all three
     cid = tc.add_channel("suno", "http://stub", "")
     calls = [tc.submit_call(users[i % 4]["api_key"], "suno", "music", {"prompt": str(i)}) for i in range(1000)]
-    for ok, _ in tc.core.call_many(calls):
+    ids = []
+    for ok, result in tc.core.call_many(calls):
         assert ok
+        ids.append(result["id"])
     while subs := tc.claim_submissions(1000):
         for s in subs:
             assert tc.submitted(s.id, cid, f"up-{s.id}")
@@ -288,7 +312,7 @@ def test_1000_failures_with_two_pollers_the_sweep_and_duplicate_jobs_are_refunde
             return {up: {"task_id": up, "status": "FAILURE", "fail_reason": "upstream said no"} for up in ups}
 
     platform = FailingPlatform()
-    reports = [map_report(i, {"status": "FAILURE", "fail_reason": "duplicate job"}) for i in range(1, 1001)]
+    reports = [map_report(i, {"status": "FAILURE", "fail_reason": "duplicate job"}) for i in ids]
     errors = []
 
     def run(fn):
@@ -313,7 +337,7 @@ def test_1000_failures_with_two_pollers_the_sweep_and_duplicate_jobs_are_refunde
     assert tc.stats()["FAILURE"] == 1000
     refunds = _refunds(engine)
     assert len(refunds) == 1000 and set(refunds.values()) == {1}
-    terminal = Counter(f[b"task"] for _, f in engine.core.r.xrange(tc.k.events) if f[b"to"] == b"FAILURE")
+    terminal = Counter(f[b"task"] for f in _stream(engine, "events") if f[b"to"] == b"FAILURE")
     assert len(terminal) == 1000 and set(terminal.values()) == {1}
     for u in users:
         view = tc.user(u["id"])
@@ -322,29 +346,31 @@ def test_1000_failures_with_two_pollers_the_sweep_and_duplicate_jobs_are_refunde
 
 
 def test_every_page_at_any_depth_equals_a_brute_force_listing(engine, clock):
-    """2,400 tasks over 2 users, 2 actions, 3 channels and several statuses: pages deep enough
+    """2,400 tasks over 3 users, 2 actions, 3 channels and several statuses: pages deep enough
     to take the binary-search path (offset + size > 2,000) agree with a listing computed in Python."""
     tc = engine.tasks
-    users = [tc.create_user(f"p{i}", 10**12) for i in range(2)]
+    users = [tc.create_user(name, 10**12) for name in ("p0", "p2", "u6")]  # with 3 shards: on all three
     calls, truth = [], []
     for i in range(2400):
-        u = users[i % 2]
+        u = users[i % 3]
         calls.append(tc.submit_call(u["api_key"], "suno", "music" if i % 3 else "lyrics", {"prompt": str(i)}))
         if i % 400 == 0:
             clock.advance(3600)
-    for ok, _ in tc.core.call_many(calls):
+    ids = []
+    for ok, result in tc.core.call_many(calls):
         assert ok
+        ids.append(result["id"])
     rng = random.Random(5)
     while subs := tc.claim_submissions(1000):
         for s in subs:
             tc.submitted(s.id, rng.choice([1, 2, 3]), f"up-{s.id}")
     reports = [map_report(i, {"status": rng.choice(["SUCCESS", "FAILURE", "QUEUED", "IN_PROGRESS"])})
-               for i in range(1, 2401) if i % 7]
+               for n, i in enumerate(ids, 1) if n % 7]
     for i in range(0, len(reports), 500):
         tc.apply(reports[i:i + 500])
-    r = engine.core.r
-    for tid in range(1, 2401):
-        f = r.hmget(tc.k.task(tid), "u", "ac", "st", "ch", "sbt")
+    for tid in ids:
+        core = tc.shard_of_task(tid)
+        f = core.r.hmget(core.keys.task(tid), "u", "ac", "st", "ch", "sbt")
         truth.append((tid, int(f[0]), f[1].decode(), f[2].decode(), int(f[3]), int(f[4])))
     mid = truth[1200][5]
     cases = [({}, None), ({"status": "SUCCESS"}, None), ({"action": "music", "channel_id": "2"}, None),
