@@ -55,10 +55,10 @@ def _devices(request: Request) -> Devices:
 
 
 async def _run(request: Request, call: Any) -> Any:
-    """A ``Call`` joins the process's batcher; ``Steps`` (several round trips, sharded only) runs
-    on a worker thread."""
+    """A ``Call`` joins the process's batcher; so does each round of ``Steps`` (several round
+    trips: only with shards)."""
     if isinstance(call, Steps):
-        return await run_in_threadpool(call.run)
+        return await call.run_async(request.app.state.device_batch.run)
     return await request.app.state.device_batch.run(call)
 
 

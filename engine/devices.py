@@ -85,8 +85,9 @@ default, every call below is the single script call it always was):
   (one shard). **Stats** add every shard's counters (one call). Retry-all, the
   auto-retry job and the sweep walk the shards one after another.
 - ``Steps``: what needs more than one round trip with N > 1 (a create, a
-  limited claim, a deep page) is returned as ``Steps`` instead of a ``Call``;
-  the API runs it on a worker thread instead of its batcher.
+  limited claim, a deep page) is returned as ``Steps`` instead of a ``Call``: a
+  generator of calls, each of which the API sends through its batcher (the
+  event loop never blocks); direct callers run each call at once.
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ import itertools
 import random
 from collections import Counter
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Generator
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -155,11 +156,35 @@ def _ok(replies: list) -> None:
 
 class Steps:
     """An operation that needs more than one round trip (only with several shards: a create,
-    a claim whose limit is below its serial count, a deep list page). ``run()`` does it,
-    blocking; the API runs it on a worker thread instead of batching it as a ``Call``."""
+    a claim whose limit is below its serial count, a deep list page).
 
-    def __init__(self, run: Callable[[], Any]) -> None:
-        self.run = run
+    ``steps()`` is a generator: it yields each round's ``Call`` and is sent that call's
+    result; what it returns is the operation's result (the protocol of the task center's
+    ``Rounds``). ``run(call)`` drives it with direct calls; the web process drives it with
+    ``run_async`` through its batcher, so each round joins the other requests' pipeline and
+    the event loop never blocks.
+    """
+
+    def __init__(self, steps: Callable[[], Generator[Call, Any, Any]]) -> None:
+        self.steps = steps
+
+    def run(self, call: Callable[[Call], Any]) -> Any:
+        gen, result = self.steps(), None
+        while True:
+            try:
+                step = gen.send(result)
+            except StopIteration as done:
+                return done.value
+            result = call(step)
+
+    async def run_async(self, call: Callable[[Call], Awaitable[Any]]) -> Any:
+        gen, result = self.steps(), None
+        while True:
+            try:
+                step = gen.send(result)
+            except StopIteration as done:
+                return done.value
+            result = await call(step)
 
 
 class Devices:
@@ -172,7 +197,7 @@ class Devices:
         self.tz = ZoneInfo(self.s.tz)
 
     def _do(self, op: Call | Steps) -> Any:
-        return op.run() if isinstance(op, Steps) else self.core.call(op)
+        return op.run(self.core.call) if isinstance(op, Steps) else self.core.call(op)
 
     def _index(self, core: Core) -> int:
         return core.keys.shard or 0
@@ -222,7 +247,7 @@ class Devices:
         self.require_api()
         return self._do(self.create_call(body, source))
 
-    def _create_sharded(self, spec: Any, mode: str, source: str) -> dict:
+    def _create_sharded(self, spec: Any, mode: str, source: str) -> Generator[Call, Any, dict]:
         """A create over several shards (module docstring, "Shards"): one probe of every shard,
         every refusal checked in Python, one create per shard touched in one call; a refusal
         there (a race with another writer) deletes what the other shards created."""
@@ -234,9 +259,9 @@ class Devices:
             asked = {}
             for serial in who:
                 asked.setdefault(shards.index_for_name(serial), []).append(serial)
-        probe = self.core.call(Call([shards[i].script("probe", [shards[i].keys.seq, shards[i].keys.users,
+        probe = yield Call([shards[i].script("probe", [shards[i].keys.seq, shards[i].keys.users,
                                                                  shards[i].keys.active], mode, "1" if multi else "0",
-                                                      *asked.get(i, ())) for i in range(self.n)], lambda r: r))
+                                                      *asked.get(i, ())) for i in range(self.n)], lambda r: r)
         seqs = [int(p[0]) for p in probe]
         active_n = [int(p[1]) for p in probe]
         found: dict[str, tuple[int, str, bool, int]] = {}  # identity -> (shard, serial, active, accounts)
@@ -272,13 +297,16 @@ class Devices:
         order = sorted(groups)
         cmds = [self._create_script(shards[i], spec, mode, source, [who[p] for p in groups[i]],
                                     would - active_n[i] - new[i], [starts[p] for p in groups[i]]) for i in order]
-        replies = self.core.call(Call(cmds, lambda r: r))
+        replies = yield Call(cmds, lambda r: r)
         made = {i: rep for i, rep in zip(order, replies) if rep[0] == b"ok"}
         refused = [rep for rep in replies if rep[0] != b"ok"]
         if not refused and sum(len(rep[1]) for rep in made.values()) > MAX_TASKS_PER_CALL:
             refused = [[b"too_many", sum(len(rep[1]) for rep in made.values())]]
         if refused:
-            self._undo({i: [int(t) for t in rep[1]] for i, rep in made.items()})
+            undo = [self.shards[i].script("delete", [self.shards[i].keys.running], "create_refused",
+                                          *(int(t) for t in rep[1])) for i, rep in made.items() if rep[1]]
+            if undo:  # the tasks the accepting shards made go (module docstring)
+                yield Call(undo, lambda r: r)
             kinds = [b"no_account", b"no_device_accounts", b"too_many", b"device_limit"]
             raise_for(min(refused, key=lambda rep: kinds.index(rep[0]) if rep[0] in kinds else -1),
                       refusals=REFUSALS)
@@ -290,13 +318,6 @@ class Devices:
                 per_pos[pos] = [next(ids) for _ in range(int(c))]
         ids = [t for pos in range(len(who)) for t in per_pos.get(pos, ())]
         return {"task_ids": ids, "created_count": len(ids)}
-
-    def _undo(self, made: dict[int, list[int]]) -> None:
-        """Delete the tasks a refused sharded create made on the shards that accepted (module docstring)."""
-        cmds = [self.shards[i].script("delete", [self.shards[i].keys.running], "create_refused", *ids)
-                for i, ids in made.items() if ids]
-        if cmds:
-            self.core.call(Call(cmds, lambda r: r))
 
     def list_call(self, params: dict[str, Any]) -> Call | Steps:
         """One page; ``params`` as parsed query values (strings), validated here."""
@@ -339,13 +360,13 @@ class Devices:
 
             return Call([c.script("list", keys(c.keys), flags, 0, off + size) for c in cores], merge)
 
-        def deep() -> dict:  # each shard's first off+size ids, merged; then the page's records
-            replies = self.core.call(Call([c.script("list", keys(c.keys), flags, 0, off + size, "ids")
-                                           for c in cores], lambda r: r))
+        def deep() -> Generator[Call, Any, dict]:  # each shard's first off+size ids, merged; then records
+            replies = yield Call([c.script("list", keys(c.keys), flags, 0, off + size, "ids") for c in cores],
+                                 lambda r: r)
             ids = heapq.merge(*([int(i) for i in reply[1:]] for reply in replies), reverse=True)
             page_ids = list(itertools.islice(ids, off, off + size))
-            rows = self.core.call(Call([Command(("HMGET", self.shards.shard_of_id(t).keys.task(t), *FIELDS))
-                                        for t in page_ids], lambda r: r))
+            rows = (yield Call([Command(("HMGET", self.shards.shard_of_id(t).keys.task(t), *FIELDS))
+                                for t in page_ids], lambda r: r)) if page_ids else []
             items = [self.render([str(t).encode(), *row]) for t, row in zip(page_ids, rows)
                      if row[0] is not None]  # deleted between the two reads
             return result(sum(int(reply[0]) for reply in replies), items)
@@ -557,9 +578,13 @@ class Devices:
         if len(groups) == 1 or limit >= len(serials):  # no shard can take more than its serials: one call
             return Call([self._claim_script(self.shards[i], group, min(limit, len(group)), agent)
                          for i, group in groups.items()], merge)
-        return Steps(lambda: merge(self._claim_rounds(serials, groups, limit, agent)))
+        def rounds() -> Generator[Call, Any, dict]:
+            return merge((yield from self._claim_rounds(serials, groups, limit, agent)))
 
-    def _claim_rounds(self, serials: list[str], groups: dict[int, list[str]], limit: int, agent: str) -> list:
+        return Steps(rounds)
+
+    def _claim_rounds(self, serials: list[str], groups: dict[int, list[str]], limit: int,
+                      agent: str) -> Generator[Call, Any, list]:
         """A claim whose limit is below its serial count, over several shards: each round gives
         each shard a quota of the next serials in the caller's order (one call); a shard that
         takes less than its quota has no more to give. At most one round per shard."""
@@ -573,8 +598,8 @@ class Devices:
             if not quota:
                 break
             order = list(quota)
-            replies = self.core.call(Call([self._claim_script(self.shards[i], [s for s in groups[i] if s not in taken],
-                                                              quota[i], agent) for i in order], lambda r: r))
+            replies = yield Call([self._claim_script(self.shards[i], [s for s in groups[i] if s not in taken],
+                                                     quota[i], agent) for i in order], lambda r: r)
             for i, reply in zip(order, replies):
                 rows = reply[1:]
                 out.append(reply)
