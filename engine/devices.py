@@ -259,9 +259,9 @@ class Devices:
             asked = {}
             for serial in who:
                 asked.setdefault(shards.index_for_name(serial), []).append(serial)
-        probe = yield Call([shards[i].script("probe", [shards[i].keys.seq, shards[i].keys.users,
-                                                                 shards[i].keys.active], mode, "1" if multi else "0",
-                                                      *asked.get(i, ())) for i in range(self.n)], lambda r: r)
+        probe = yield Call([c.script("probe", [c.keys.seq, c.keys.users, c.keys.active], mode,
+                                     "1" if multi else "0", *asked.get(i, ())) for i, c in enumerate(shards)],
+                           lambda r: r)
         seqs = [int(p[0]) for p in probe]
         active_n = [int(p[1]) for p in probe]
         found: dict[str, tuple[int, str, bool, int]] = {}  # identity -> (shard, serial, active, accounts)
