@@ -145,8 +145,9 @@ def enqueue_submit(connection) -> None:
 
 def submit_tasks(eng: Engine | None = None, client=None, workers: int | None = None) -> dict:
     """Hand due NOT_START tasks to a channel of their platform (weighted, another channel on
-    each retry). Each task is leased first (claim-2), so copies of this job never submit one
-    task twice; the outcome is one script (submitted-1 or submit_error-1)."""
+    each retry). Each task is leased first (claim-2, on its own shard: one claim per shard per
+    step, up to ``SUBMIT_BATCH`` each), so copies of this job never submit one task twice; the
+    outcome is one script on the task's shard (submitted-1 or submit_error-1)."""
     from engine.taskcenter import choose_channel
 
     from .upstream import Permanent, Transient
