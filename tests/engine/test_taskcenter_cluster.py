@@ -319,3 +319,46 @@ def test_16_clients_submit_claim_and_fail_concurrently_each_task_claimed_once_re
     assert tc.stats()["FAILURE"] == len(failures)
     assert tc.list({})["total"] == len(submitted)
     main.r.close()
+
+
+def test_concurrent_submit_jobs_on_their_own_clients_submit_every_task_once(redis_cluster, clock):
+    """Four copies of the submit job at once, each with its own engine and cluster client, over
+    tasks on 3 shards: each job claims per shard, each task's lease is on its shard, so the
+    platform receives every task exactly once."""
+    from workers import jobs
+
+    settings = Settings(namespace=f"tcs{uuid.uuid4().hex[:10]}", clock=clock, shards_tasks=N)
+    main = Engine(connect(redis_cluster.url), settings)
+    tc = main.tasks
+    users = [tc.create_user(name, 10**9) for name in _names_on_every_shard(main, 1, "job")]
+    tc.add_channel("suno", "http://stub", "")
+    made = [tc.submit(users[i % N]["api_key"], "suno", "lyrics", {"prompt": f"task {i}"})["id"] for i in range(300)]
+    lock = threading.Lock()
+    received: Counter = Counter()
+
+    class Platform:
+        def submit(self, channel, action, body):
+            with lock:
+                received[body] += 1
+            return f"up-{len(received)}"
+
+    errors: list[BaseException] = []
+
+    def job() -> None:
+        eng = Engine(connect(redis_cluster.url), settings)
+        try:
+            jobs.submit_tasks(eng, client=Platform(), workers=4)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            eng.r.close()
+
+    threads = [threading.Thread(target=job) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert len(received) == 300 and set(received.values()) == {1}
+    assert tc.stats()["SUBMITTED"] == 300 and {t % N for t in made} == set(range(N))
+    main.r.close()
