@@ -45,7 +45,7 @@ def test_a_restarted_agent_adopts_its_running_tasks_and_honours_stops(engine):
     assert second.fleet["sim-001"].task == ids[0] and second.fleet["sim-002"].task is None
     second.finish_due()
     assert [engine.devices.get(i)["status"] for i in ids] == [2, 3]
-    events = engine.core.r.xrange(engine.devices.k.events)
+    events = [e for c in engine.device_shards for e in c.r.xrange(c.keys.events)]  # every shard's stream
     starts = [e[b"task"] for _, e in events if e[b"to"] == b"1"]
     assert sorted(starts) == sorted(str(i).encode() for i in ids)  # each claimed once, never re-run
 
