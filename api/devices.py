@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from engine.device_scripts import MissingScriptName, NoAccount, ScriptNotAllowed
-from engine.devices import Devices, PlanRefused, Steps
+from engine.calls import Rounds
+from engine.devices import Devices, PlanRefused
 from engine.errors import Conflict, EngineError, Forbidden, InvalidInput, NotFound, Unavailable
 
 from .http import JSON, PayloadTooLarge, Unauthorized, read_json, require_bearer
@@ -55,9 +56,9 @@ def _devices(request: Request) -> Devices:
 
 
 async def _run(request: Request, call: Any) -> Any:
-    """A ``Call`` joins the process's batcher; so does each round of ``Steps`` (several round
+    """A ``Call`` joins the process's batcher; so does each round of ``Rounds`` (several round
     trips: only with shards)."""
-    if isinstance(call, Steps):
+    if isinstance(call, Rounds):
         return await call.run_async(request.app.state.device_batch.run)
     return await request.app.state.device_batch.run(call)
 

@@ -24,9 +24,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.routing import Route
 
-from engine.calls import Call
+from engine.calls import Call, Rounds
 from engine.errors import EngineError, Forbidden, InvalidInput, NotFound, Unavailable
-from engine.taskcenter import NotSignedIn, Rounds, TaskCenter, bearer_value
+from engine.taskcenter import NotSignedIn, TaskCenter, bearer_value
 
 from .admin import _operator
 from .http import JSON, PayloadTooLarge, read_json

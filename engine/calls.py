@@ -18,7 +18,7 @@ NOSCRIPT (it did not run) is loaded and its call run again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Awaitable, Callable, Generator, Sequence
 
 from redis.cluster import RedisCluster
 from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
@@ -46,6 +46,38 @@ class Command:
 class Call:
     commands: Sequence[Script | Command]
     finish: Callable[[list], Any]
+
+
+class Rounds:
+    """An operation that needs several round trips (only with several shards: a device create
+    or limited claim across shards, a deep merged list page).
+
+    ``steps()`` is a generator: it yields each round's ``Call`` and is sent that call's
+    result; what it returns is the operation's result. ``run(call)`` drives it with direct
+    calls (``Core.perform``); the web process drives it with ``run_async`` through its
+    batcher, so each round joins the other requests' pipeline and the event loop never blocks.
+    """
+
+    def __init__(self, steps: Callable[[], Generator[Call, Any, Any]]) -> None:
+        self.steps = steps
+
+    def run(self, call: Callable[[Call], Any]) -> Any:
+        gen, result = self.steps(), None
+        while True:
+            try:
+                step = gen.send(result)
+            except StopIteration as done:
+                return done.value
+            result = call(step)
+
+    async def run_async(self, call: Callable[[Call], Awaitable[Any]]) -> Any:
+        gen, result = self.steps(), None
+        while True:
+            try:
+                step = gen.send(result)
+            except StopIteration as done:
+                return done.value
+            result = await call(step)
 
 
 def queue(pipe: Any, scripts: ScriptSet, call: Call) -> None:

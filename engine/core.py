@@ -13,7 +13,7 @@ import redis
 
 from .config import Settings
 from .keys import Keys
-from .calls import Call, Script, run_batch
+from .calls import Call, Rounds, Script, run_batch
 from .scripts import ScriptSet
 
 
@@ -47,6 +47,10 @@ class Core:
         if not ok:
             raise result
         return result
+
+    def perform(self, op: Call | Rounds) -> Any:
+        """Run a ``Call`` (one round trip) or ``Rounds`` (one call per round) now; its result."""
+        return op.run(self.call) if isinstance(op, Rounds) else self.call(op)
 
     def call_many(self, calls: Sequence[Call]) -> list[tuple[bool, Any]]:
         """Run independent calls in one round trip (a worker starting or completing a

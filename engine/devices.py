@@ -84,8 +84,8 @@ default, every call below is the single script call it always was):
   ``MAX_MERGED_RANK`` (10,000) are refused unless the list is filtered by serial
   (one shard). **Stats** add every shard's counters (one call). Retry-all, the
   auto-retry job and the sweep walk the shards one after another.
-- ``Steps``: what needs more than one round trip with N > 1 (a create, a
-  limited claim, a deep page) is returned as ``Steps`` instead of a ``Call``: a
+- ``Rounds``: what needs more than one round trip with N > 1 (a create, a
+  limited claim, a deep page) is returned as ``Rounds`` instead of a ``Call``: a
   generator of calls, each of which the API sends through its batcher (the
   event loop never blocks); direct callers run each call at once.
 """
@@ -101,12 +101,12 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from .calls import Call, Command, Script
+from .calls import Call, Command, Rounds, Script
 from .core import Core
 from .device_scripts import NoAccount, format_time, identities, parse_create
 from .errors import Conflict, Forbidden, InvalidInput, NotFound, raise_for
 from .keys import DeviceKeys
-from .shards import Shards
+from .shards import Shards, add_counts
 
 STATUS_NAMES = {"0": "pending", "1": "running", "2": "completed", "3": "failed"}
 PLAN_LIMITS = {"starter": 0, "pro": 20, "team": 100, "business": 1000}
@@ -154,39 +154,6 @@ def _ok(replies: list) -> None:
     raise_for(replies[0], refusals=REFUSALS)
 
 
-class Steps:
-    """An operation that needs more than one round trip (only with several shards: a create,
-    a claim whose limit is below its serial count, a deep list page).
-
-    ``steps()`` is a generator: it yields each round's ``Call`` and is sent that call's
-    result; what it returns is the operation's result (the protocol of the task center's
-    ``Rounds``). ``run(call)`` drives it with direct calls; the web process drives it with
-    ``run_async`` through its batcher, so each round joins the other requests' pipeline and
-    the event loop never blocks.
-    """
-
-    def __init__(self, steps: Callable[[], Generator[Call, Any, Any]]) -> None:
-        self.steps = steps
-
-    def run(self, call: Callable[[Call], Any]) -> Any:
-        gen, result = self.steps(), None
-        while True:
-            try:
-                step = gen.send(result)
-            except StopIteration as done:
-                return done.value
-            result = call(step)
-
-    async def run_async(self, call: Callable[[Call], Awaitable[Any]]) -> Any:
-        gen, result = self.steps(), None
-        while True:
-            try:
-                step = gen.send(result)
-            except StopIteration as done:
-                return done.value
-            result = await call(step)
-
-
 class Devices:
     def __init__(self, shards: Shards) -> None:
         self.shards = shards
@@ -195,9 +162,6 @@ class Devices:
         self.k = self.core.keys
         self.s = self.core.settings
         self.tz = ZoneInfo(self.s.tz)
-
-    def _do(self, op: Call | Steps) -> Any:
-        return op.run(self.core.call) if isinstance(op, Steps) else self.core.call(op)
 
     def _index(self, core: Core) -> int:
         return core.keys.shard or 0
@@ -229,12 +193,12 @@ class Devices:
             MAX_TASKS_PER_CALL, self.n, self._index(core), "0" if starts is None else "1", len(spec.configs),
             *spec.configs, *who)
 
-    def create_call(self, body: Any, source: str = "api") -> Call | Steps:
+    def create_call(self, body: Any, source: str = "api") -> Call | Rounds:
         # The count before account fan-out is checked here; create-3 checks it after.
         spec = parse_create(body, self.core.now(), self.tz, max_tasks=MAX_TASKS_PER_CALL)
         mode = "usernames" if spec.usernames else "serials"
         if self.n > 1:
-            return Steps(lambda: self._create_sharded(spec, mode, source))
+            return Rounds(lambda: self._create_sharded(spec, mode, source))
 
         def finish(replies: list) -> dict:
             reply = raise_for(replies[0], refusals=REFUSALS)
@@ -245,7 +209,7 @@ class Devices:
 
     def create(self, body: Any, source: str = "api") -> dict:
         self.require_api()
-        return self._do(self.create_call(body, source))
+        return self.core.perform(self.create_call(body, source))
 
     def _create_sharded(self, spec: Any, mode: str, source: str) -> Generator[Call, Any, dict]:
         """A create over several shards (module docstring, "Shards"): one probe of every shard,
@@ -319,7 +283,7 @@ class Devices:
         ids = [t for pos in range(len(who)) for t in per_pos.get(pos, ())]
         return {"task_ids": ids, "created_count": len(ids)}
 
-    def list_call(self, params: dict[str, Any]) -> Call | Steps:
+    def list_call(self, params: dict[str, Any]) -> Call | Rounds:
         """One page; ``params`` as parsed query values (strings), validated here."""
         status = _opt_int(params.get("status"), "status", 0, 3)
         page = _opt_int(params.get("page"), "page", 1, 10**9) or 1
@@ -371,10 +335,10 @@ class Devices:
                      if row[0] is not None]  # deleted between the two reads
             return result(sum(int(reply[0]) for reply in replies), items)
 
-        return Steps(deep)
+        return Rounds(deep)
 
     def list(self, **params: Any) -> dict:
-        return self._do(self.list_call({k: v for k, v in params.items() if v is not None}))
+        return self.core.perform(self.list_call({k: v for k, v in params.items() if v is not None}))
 
     def get_call(self, task_id: Any) -> Call:
         tid = _task_id(task_id)
@@ -479,10 +443,7 @@ class Devices:
 
     def stats_call(self) -> Call:
         def finish(replies: list) -> dict:
-            raw: dict[str, int] = {}
-            for reply in replies:
-                for k, v in reply.items():
-                    raw[k.decode()] = raw.get(k.decode(), 0) + int(v)
+            raw = add_counts(replies)
             counts = {name: raw.get(st, 0) for st, name in STATUS_NAMES.items()}
             return {"total": sum(counts.values()), **counts}
 
@@ -553,7 +514,7 @@ class Devices:
         return core.script("claim", [core.keys.running, core.keys.run_leases], self.s.run_ttl_ms, limit, agent,
                            self.s.sweep_batch, *self._retry_args(), *serials)
 
-    def claim_call(self, body: Any) -> Call | Steps:
+    def claim_call(self, body: Any) -> Call | Rounds:
         if not isinstance(body, dict):
             raise InvalidInput("body must be a JSON object")
         serials = identities("serials", body.get("serials"))
@@ -581,7 +542,7 @@ class Devices:
         def rounds() -> Generator[Call, Any, dict]:
             return merge((yield from self._claim_rounds(serials, groups, limit, agent)))
 
-        return Steps(rounds)
+        return Rounds(rounds)
 
     def _claim_rounds(self, serials: list[str], groups: dict[int, list[str]], limit: int,
                       agent: str) -> Generator[Call, Any, list]:
@@ -610,7 +571,7 @@ class Devices:
         return out
 
     def claim(self, body: Any) -> dict:
-        return self._do(self.claim_call(body))
+        return self.core.perform(self.claim_call(body))
 
     def finish_call(self, task_id: Any, body: Any, ok: bool) -> Call:
         tid = _task_id(task_id)
@@ -717,4 +678,4 @@ def _agent(body: dict) -> str:
     return _text(agent, "agent") if agent is not None else "agent"
 
 
-__all__ = ["Devices", "Steps", "PlanRefused", "PLAN_LIMITS", "STATUS_NAMES"]
+__all__ = ["Devices", "PlanRefused", "PLAN_LIMITS", "STATUS_NAMES"]

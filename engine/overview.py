@@ -28,6 +28,7 @@ from typing import Any
 
 from .devices import STATUS_NAMES
 from .service import Engine
+from .shards import add_counts
 from .stacking import PHASE2, _counts
 
 MAX_SERVERS = 100
@@ -105,7 +106,7 @@ class Overview:
         ledger.sort(key=lambda entry: entry[0], reverse=True)  # stream ids are times: newest first
         streams = {name: [next(replies) for _ in shards] for name, shards in
                    (("stacking", ss), ("devices", ds), ("tasks", ts))}
-        stats = {name: _sum([next(replies) for _ in shards]) for name, shards in
+        stats = {name: add_counts([next(replies) for _ in shards]) for name, shards in
                  (("stacking", ss), ("devices", ds), ("tasks", ts))}
         serials = sorted(_s(x) for x in active)[:MAX_SERIALS]
 
@@ -171,12 +172,12 @@ class Overview:
         return {
             "now_ms": now,
             "servers": servers,
-            "stacking": {"stats": _counts(st_s), "requests": requests},
-            "devices": {"stats": {DEVICE_STATUS.get(k, k): v for k, v in _counts(st_d).items()},
+            "stacking": {"stats": _nonzero(st_s), "requests": requests},
+            "devices": {"stats": {DEVICE_STATUS.get(k, k): v for k, v in _nonzero(st_d).items()},
                         "active_serials": len(active),
                         "serials": [self._serial(s, running.get(s), dev_rows[4 * j:4 * j + 4], now)
                                     for j, s in enumerate(serials)]},
-            "tasks": {"stats": _counts(st_t), "waiting_for_submission": tc_queue, "submitting": tc_leased,
+            "tasks": {"stats": _nonzero(st_t), "waiting_for_submission": tc_queue, "submitting": tc_leased,
                       "backlog": self._backlog(cells, cell_counts), "refunds": self._refunds(ledger, now)},
             "failures": failures,
             "chart": self._chart({"stacking": ev_s, "devices": ev_d, "tasks": ev_t}, now, partial),
@@ -291,13 +292,8 @@ def _partial(per_shard: list[list], now: int) -> int | None:
     return out
 
 
-def _sum(hashes: list[dict]) -> dict[bytes, bytes]:
-    """Counter hashes of every shard added up (values as bytes, as HGETALL gives them)."""
-    total: dict[bytes, int] = {}
-    for h in hashes:
-        for k, v in h.items():
-            total[k] = total.get(k, 0) + int(v)
-    return {k: str(v).encode() for k, v in total.items()}
+def _nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in sorted(counts.items()) if v}
 
 
 __all__ = ["Overview", "MAX_REQUESTS", "MAX_FOLDERS", "MAX_SERIALS", "MAX_SERVERS", "EVENTS_READ"]

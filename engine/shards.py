@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import zlib
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import redis
 
@@ -28,6 +28,17 @@ from .config import Settings
 from .core import Core
 from .keys import Keys
 from .scripts import ScriptSet
+
+
+def add_counts(hashes: Iterable[dict]) -> dict[str, int]:
+    """Counter hashes (HGETALL replies, one per shard) added up, names decoded: how every
+    figure kept per shard (stats, totals) is reported for the whole contract."""
+    total: dict[str, int] = {}
+    for h in hashes:
+        for k, v in h.items():
+            name = k.decode() if isinstance(k, bytes) else k
+            total[name] = total.get(name, 0) + int(v)
+    return total
 
 
 class Shards:

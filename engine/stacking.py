@@ -36,7 +36,7 @@ from .calls import Call, Command
 from .core import Core
 from .errors import Conflict, InvalidInput, NotFound, raise_for
 from .servers import Who, auth_first, caller_key
-from .shards import Shards
+from .shards import Shards, add_counts
 
 DOMAINS = ("docs.google.com", "slides.google.com", "sheets.google.com")
 MODES = ("chain", "ring", "all", "wheel", "disable")
@@ -568,11 +568,7 @@ class Stacking:
     def stats(self) -> dict[str, int]:
         """Tasks by status, over every shard (one HGETALL each, one round trip per node)."""
         def merge(replies: list) -> dict[str, int]:
-            total: dict[bytes, int] = {}
-            for raw in replies:
-                for st, n in raw.items() if isinstance(raw, dict) else zip(raw[0::2], raw[1::2]):
-                    total[st] = total.get(st, 0) + int(n)
-            return _counts(total)
+            return {st: n for st, n in sorted(add_counts(replies).items()) if n}
 
         return self.core.call(Call([Command(("HGETALL", c.keys.stats)) for c in self.shards], merge))
 

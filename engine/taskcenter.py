@@ -106,10 +106,10 @@ from typing import Any, Awaitable, Callable, Generator, Iterable
 
 import orjson
 
-from .calls import Call, Command
+from .calls import Call, Command, Rounds
 from .core import Core
 from .errors import Conflict, EngineError, Forbidden, InvalidInput, NotFound, raise_for
-from .shards import Shards
+from .shards import Shards, add_counts
 
 STATUSES = ("NOT_START", "SUBMITTED", "QUEUED", "IN_PROGRESS", "SUCCESS", "FAILURE", "UNKNOWN")
 TERMINAL = ("SUCCESS", "FAILURE")
@@ -203,37 +203,6 @@ def marked_shard(secret: str, n: int) -> int | None:
         return None
     shard = hi * 62 + lo
     return shard if shard < n else None
-
-
-class Rounds:
-    """An operation that needs several round trips (an admin list merged over shards).
-
-    ``steps()`` is a generator: it yields each round's ``Call`` and is sent that call's
-    result; what it returns is the operation's result. ``run`` drives it with direct calls;
-    the web process drives it with ``run_async`` through its batcher, so each round joins
-    the other requests' pipeline and the event loop never blocks.
-    """
-
-    def __init__(self, steps: Callable[[], Generator[Call, Any, Any]]) -> None:
-        self.steps = steps
-
-    def run(self, call: Callable[[Call], Any]) -> Any:
-        gen, result = self.steps(), None
-        while True:
-            try:
-                step = gen.send(result)
-            except StopIteration as done:
-                return done.value
-            result = call(step)
-
-    async def run_async(self, call: Callable[[Call], Awaitable[Any]]) -> Any:
-        gen, result = self.steps(), None
-        while True:
-            try:
-                step = gen.send(result)
-            except StopIteration as done:
-                return done.value
-            result = await call(step)
 
 
 REFUSALS = {
@@ -429,9 +398,6 @@ class TaskCenter:
             return []
         return self.core.call(Call([Command(c) for c in commands], _replies))
 
-    def _do(self, op: Call | Rounds) -> Any:
-        return op.run(self.core.call) if isinstance(op, Rounds) else self.core.call(op)
-
     # ---- platform-facing (API token) ---------------------------------------------------
     def submit_call(self, api_token: str, platform: str, action: str, body: Any) -> Call:
         """Charge and create one task; the result is ``{"id", "task_id", "quota", "kick"}``."""
@@ -621,7 +587,7 @@ class TaskCenter:
         return page(total, [found[i] for i in chosen if i in found])
 
     def list(self, params: dict | None = None, user_id: int | None = None, admin: bool = True) -> dict:
-        return self._do(self.list_call(params or {}, user_id, admin))
+        return self.core.perform(self.list_call(params or {}, user_id, admin))
 
     def render(self, r: list, channel: bool, username: bool = False) -> dict:
         (id_, ca, ua, tid, pf, u, ch, q, ac, st, fr, sbt, stt, ft, pg, pr, d) = r[:17]
@@ -808,10 +774,7 @@ class TaskCenter:
             raw = [self.core.r.hgetall(self.k.stats)]
         else:
             raw = self._read([("HGETALL", c.keys.stats) for c in self.shards])
-        counts: dict[str, int] = {}
-        for h in raw:
-            for k, v in h.items():
-                counts[_text(k)] = counts.get(_text(k), 0) + int(v)
+        counts = add_counts(raw)
         return {s: counts.get(s, 0) for s in STATUSES}
 
     # ---- workers: submit, poll, sweep ----------------------------------------------------

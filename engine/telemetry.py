@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from .devices import STATUS_NAMES
 from .service import Engine
+from .shards import add_counts
 
 CONTRACTS = ("stacking", "devices", "tasks")
 # The totals each contract can move (device tasks have no claim lease: a claim
@@ -36,9 +37,6 @@ class ContractFigures:
     statuses: dict[str, int] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
 
-
-def _decode(raw: dict) -> dict[str, int]:
-    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
 
 
 class Telemetry:
@@ -64,13 +62,9 @@ class Telemetry:
         replies = iter(p.execute())
         out: dict[str, ContractFigures] = {}
         for contract in CONTRACTS:
-            statuses: dict[str, int] = {}
-            totals = {name: 0 for name in TOTALS[contract]}
-            for _ in self.shards[contract]:
-                for k, v in _decode(next(replies)).items():
-                    statuses[k] = statuses.get(k, 0) + v
-                for k, v in _decode(next(replies)).items():
-                    totals[k] = totals.get(k, 0) + v
+            pairs = [(next(replies), next(replies)) for _ in self.shards[contract]]
+            statuses = add_counts(st for st, _ in pairs)
+            totals = {name: 0 for name in TOTALS[contract]} | add_counts(t for _, t in pairs)
             if contract == "devices":
                 statuses = {STATUS_NAMES.get(k, k): v for k, v in statuses.items()}
             out[contract] = ContractFigures(statuses, totals)

@@ -18,7 +18,8 @@ import engine.devices as devices_module
 from engine import Engine
 from engine.connection import connect
 from engine.device_scripts import NoAccount
-from engine.devices import PLAN_LIMITS, PlanRefused, Steps
+from engine.calls import Rounds
+from engine.devices import PLAN_LIMITS, PlanRefused
 from engine.errors import EngineError, InvalidInput
 from tests.conftest import is_cluster
 from tests.engine.test_device_invariants import check_invariants, scan_tasks
@@ -102,10 +103,10 @@ def test_sharded_create_and_deep_list_are_steps_one_shard_stays_one_call(engine)
     create = d.create_call(post(SERIALS[:3]))
     deep = d.list_call({"page": "3", "page_size": "50"})
     if engine.device_shards.n == 1:
-        assert not isinstance(create, Steps) and not isinstance(deep, Steps)
+        assert not isinstance(create, Rounds) and not isinstance(deep, Rounds)
         assert len(create.commands) == 1 and len(deep.commands) == 1
     else:
-        assert isinstance(create, Steps) and isinstance(deep, Steps)
+        assert isinstance(create, Rounds) and isinstance(deep, Rounds)
         assert len(d.list_call({}).commands) == engine.device_shards.n  # page 1: one call, every shard
         assert len(d.list_call({"serial": "dev001"}).commands) == 1  # one serial: its shard only
     assert len(d.stop_call(7).commands) == len(d.get_call(7).commands) == 1

@@ -20,7 +20,8 @@ import pytest
 from engine import Engine, Settings
 from engine.connection import connect
 from engine.errors import NotFound
-from engine.taskcenter import NotSignedIn, Rounds, map_report, marked_shard, shard_mark
+from engine.calls import Rounds
+from engine.taskcenter import NotSignedIn, map_report, marked_shard, shard_mark
 
 MUSIC = 50_000
 N = 3
