@@ -166,3 +166,18 @@ def test_a_node_that_is_down_fails_the_call_and_nothing_is_resent(redis_cluster,
         eng.core.call(eng.stacking.start_call(caller.id, "00000000-0000-0000-0000-000000000000"))
     assert sent == [1]
     monkeypatch.setattr(redis.client.Pipeline, "execute", real)
+
+
+def test_shard_settings_default_per_contract_and_bad_values_refused(monkeypatch):
+    for name in ("TASKHUB_SHARDS", "TASKHUB_SHARDS_STACKING", "TASKHUB_SHARDS_DEVICES", "TASKHUB_SHARDS_TASKS"):
+        monkeypatch.delenv(name, raising=False)
+    s = Settings.from_env()
+    assert (s.shards_stacking, s.shards_devices, s.shards_tasks) == (1, 1, 1)
+    monkeypatch.setenv("TASKHUB_SHARDS", "3")
+    monkeypatch.setenv("TASKHUB_SHARDS_DEVICES", "2")
+    s = Settings.from_env()
+    assert (s.shards_stacking, s.shards_devices, s.shards_tasks) == (3, 2, 3)  # the per-contract knob wins
+    for bad in ("0", "257", "x", "-1", "1.5"):
+        monkeypatch.setenv("TASKHUB_SHARDS_TASKS", bad)
+        with pytest.raises(ValueError, match="TASKHUB_SHARDS_TASKS"):
+            Settings.from_env()
