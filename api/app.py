@@ -22,6 +22,7 @@ from engine.errors import EngineError, InvalidInput, NotFound, Unavailable
 
 from . import admin, dashboard, devices, metrics, openapi, stacking, taskcenter
 from .batch import Batcher
+from .hot import HotRoutes
 from .http import AccessLog, BodyLimit, JSON, Timed, access_log_enabled
 from .logs import configure_logging  # text or JSON lines (TASKHUB_LOG_FORMAT)
 
@@ -87,18 +88,21 @@ async def on_unexpected(request: Request, exc: Exception) -> Response:
     return response
 
 
-def create_app(engine: Engine | None = None, access_log: bool | None = None) -> Starlette:
-    """The application; ``access_log`` defaults to ``TASKHUB_ACCESS_LOG`` (on)."""
+def create_app(engine: Engine | None = None, access_log: bool | None = None, hot_routes: bool = True) -> Starlette:
+    """The application; ``access_log`` defaults to ``TASKHUB_ACCESS_LOG`` (on). ``hot_routes=False``
+    leaves every request to Starlette's router (api/hot.py), for the test that compares the two."""
     if access_log is None:
         access_log = access_log_enabled()
     observers = [*metrics.observers(), *([AccessLog()] if access_log else [])]
+    handlers = {EngineError: on_engine_error, HTTPException: on_http_error, Exception: on_unexpected,
+                **{cls: on_redis_unavailable for cls in REDIS_UNAVAILABLE}}
     app = Starlette(
         routes=[*stacking.routes, *admin.routes, *devices.routes, *taskcenter.routes,
                 *openapi.routes, *metrics.routes, *dashboard.routes],
         middleware=[*([Middleware(Timed, observers=observers)] if observers else []),
-                    Middleware(BodyLimit, render=render_error, bulk_prefixes=admin.BULK_PREFIXES)],
-        exception_handlers={EngineError: on_engine_error, HTTPException: on_http_error, Exception: on_unexpected,
-                            **{cls: on_redis_unavailable for cls in REDIS_UNAVAILABLE}},
+                    Middleware(BodyLimit, render=render_error, bulk_prefixes=admin.BULK_PREFIXES),
+                    *([Middleware(HotRoutes, routes=stacking.routes, handlers=handlers)] if hot_routes else [])],
+        exception_handlers=handlers,
     )
     app.state.engine = engine or Engine.from_env()
     app.state.batch = Batcher(app.state.engine.core)
