@@ -14,6 +14,12 @@ Semantics are those of the direct call: each call's script is atomic on its
 own, calls of one batch are independent requests, and nothing is resent but a
 script Redis refused with NOSCRIPT (``engine.calls.run_batch``). A Redis
 connection error fails every call of the batch (the contract's 503).
+
+On a plain Redis the batch goes out on the process's ``PipelinedConnection``
+(api/pipelined.py): written, not waited for, so the event loop serves other
+requests while Redis runs the scripts, and the next tick's batch can be on the
+wire before this one's replies are back. Where that connection is not used
+(fakeredis, TLS, a cluster) the batch is redis-py's blocking pipeline.
 """
 from __future__ import annotations
 
@@ -21,15 +27,17 @@ import asyncio
 import time
 from typing import Any
 
-from engine.calls import Call, run_batch
+from engine.calls import Call, finish_all, run_batch, split, unloaded, wire
 from engine.core import Core
 
 from .metrics import observe_batch_roundtrip
+from .pipelined import PipelinedConnection
 
 
 class Batcher:
-    def __init__(self, core: Core) -> None:
+    def __init__(self, core: Core, pipelined: bool = True) -> None:
         self.core = core
+        self.conn = PipelinedConnection.for_client(core.r) if pipelined else None
         self._pending: list[tuple[Call, asyncio.Future]] = []
         self._scheduled = False
 
@@ -44,19 +52,63 @@ class Batcher:
 
     def _flush(self) -> None:
         batch, self._pending, self._scheduled = self._pending, [], False
+        if self.conn is not None:
+            self._submit(batch, retried=False)
+            return
         try:
             started = time.perf_counter()
             results = run_batch(self.core.r, self.core.scripts, [call for call, _ in batch])
             observe_batch_roundtrip(time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - e.g. Redis unreachable: every caller gets it
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            _fail(batch, exc)
             return
-        for (_, future), (ok, result) in zip(batch, results):
-            if future.done():  # the client went away meanwhile
-                continue
-            if ok:
-                future.set_result(result)
-            else:
-                future.set_exception(result)
+        _settle(batch, results)
+
+    def _submit(self, batch: list[tuple[Call, asyncio.Future]], retried: bool) -> None:
+        """Send ``batch`` on the pipelined connection; its futures are settled when the replies are in."""
+        calls = [call for call, _ in batch]
+        try:
+            commands = [args for call in calls for args in wire(self.core.scripts, call)]
+        except Exception as exc:  # noqa: BLE001 - not sent at all (e.g. a script name the set lacks)
+            _fail(batch, exc)
+            return
+        started = time.perf_counter()
+
+        def done(flat: list | BaseException) -> None:
+            observe_batch_roundtrip(time.perf_counter() - started)
+            if isinstance(flat, BaseException):
+                _fail(batch, flat)
+                return
+            replies = split(calls, flat)
+            retry = [] if retried else unloaded(replies)
+            if retry:  # NOSCRIPT: Redis lost its scripts (restarted); load them and send those calls again, once
+                try:
+                    self.core.scripts.load_all()
+                except Exception as exc:  # noqa: BLE001
+                    _fail([batch[i] for i in retry], exc)
+                else:
+                    self._submit([batch[i] for i in retry], retried=True)
+                keep = set(retry)
+                batch_rest = [b for i, b in enumerate(batch) if i not in keep]
+                replies_rest = [r for i, r in enumerate(replies) if i not in keep]
+                _settle(batch_rest, finish_all([c for c, _ in batch_rest], replies_rest))
+                return
+            _settle(batch, finish_all(calls, replies))
+
+        self.conn.submit(commands, done)
+
+
+def _fail(batch: list[tuple[Call, asyncio.Future]], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)
+
+
+def _settle(batch: list[tuple[Call, asyncio.Future]], results: list[tuple[bool, Any]]) -> None:
+    for (_, future), (ok, result) in zip(batch, results):
+        if future.done():  # the client went away meanwhile
+            continue
+        if ok:
+            future.set_result(result)
+        else:
+            future.set_exception(result)

@@ -43,6 +43,7 @@ import json  # noqa: E402
 import math  # noqa: E402
 import multiprocessing  # noqa: E402
 import os  # noqa: E402
+import resource  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -127,6 +128,19 @@ class Tally:
     warmup_non2xx: int = 0
     redone: int = 0
     sample: str = ""
+    cpu: list[tuple[float, float, float]] = field(default_factory=list)  # cores: app, redis, wrk
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """CPU time of the waited-for children (wrk)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 # ---- wrk ---------------------------------------------------------------------
@@ -201,8 +215,8 @@ class Fixture:
 
 
 # ---- one endpoint --------------------------------------------------------------
-def measure(a: argparse.Namespace, fx: Fixture, ports: dict[str, int], ep: Endpoint, expected: float,
-            tally: Tally, log: Path) -> float:
+def measure(a: argparse.Namespace, fx: Fixture, ports: dict[str, int], pids: dict[str, int], ep: Endpoint,
+            expected: float, tally: Tally, log: Path) -> float:
     """Warm-up and one measured run of ``ep``; returns req/s."""
     fx.fresh()
     port = ports[ep.target]
@@ -232,7 +246,9 @@ def measure(a: argparse.Namespace, fx: Fixture, ports: dict[str, int], ep: Endpo
         fx.heartbeat()
         if ep.ids == "transition":
             ids_file = pool(a.duration, expected, f"{ep.name}-run")
+        cpu0 = (cpu_seconds(pids[ep.target]), cpu_seconds(pids["redis"]), children_cpu())
         res = run_wrk(a, port, ep, key, ids_file, cycle, a.duration)
+        cpu = (cpu_seconds(pids[ep.target]), cpu_seconds(pids["redis"]), children_cpu())
         answered_ok, runs = answered_ok + res.ok, runs + 1
         if not res.exhausted:
             break
@@ -250,6 +266,7 @@ def measure(a: argparse.Namespace, fx: Fixture, ports: dict[str, int], ep: Endpo
         if not answered_ok <= moved <= answered_ok + runs * a.connections:
             raise RuntimeError(f"{ep.name}: {answered_ok} answers 2xx but {moved} tasks in {ep.after}: {stats}")
     tally.rates.append(res.rate)
+    tally.cpu.append(tuple((b - a_) / res.seconds for a_, b in zip(cpu0, cpu)))  # type: ignore[arg-type]
     tally.non2xx += res.bad
     tally.socket_errors += sum(res.errors.values()) - res.errors.get("status", 0)
     for status, n in res.codes.items():
@@ -260,7 +277,9 @@ def measure(a: argparse.Namespace, fx: Fixture, ports: dict[str, int], ep: Endpo
     socket_err = {k: v for k, v in res.errors.items() if v and k != "status"}
     flag += f"   socket errors: {socket_err}" if socket_err else ""
     logged = log.stat().st_size - log_before if ep.target == "taskhub" else 0
+    app_cpu, redis_cpu, wrk_cpu = tally.cpu[-1]
     print(f"    {ep.name:15} {res.rate:>9,.0f} req/s  p50 {res.p50_ms:6.2f} ms  p99 {res.p99_ms:6.2f} ms"
+          f"  cpu app {app_cpu:.2f} redis {redis_cpu:.2f} wrk {wrk_cpu:.2f}"
           + (f"  log +{logged / 1024:,.0f} KiB" if ep.target == "taskhub" else "") + flag, flush=True)
     return res.rate
 
@@ -328,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         bare = Uvicorn("bench.bare_app:app", {}, rs.dir, "bare", http=http_impl, loop=loop)
         servers = [web, bare]
         ports = {"taskhub": web.port, "bare": bare.port}
+        pids = {"taskhub": web.proc.pid, "bare": bare.proc.pid, "redis": rs.proc.pid}
         for k, v in info.items():
             print(f"{k:13} {v}")
         print(f"{'uvicorn':13} --http {http_impl} --loop {loop}, 1 worker process per app, uvicorn access log off")
@@ -344,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             for ep in endpoints:
                 t = tallies[ep.name]
                 expected = max(t.rates) if t.rates else bare_rate
-                rate = measure(a, fx, ports, ep, expected, t, web.log)
+                rate = measure(a, fx, ports, pids, ep, expected, t, web.log)
                 if ep.name == "bare":
                     bare_rate = rate
         log_bytes = web.log.stat().st_size
@@ -361,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(e.label) for e in endpoints)
     print()
     print(f"{'endpoint':{width}} {'median req/s':>12} {'vs bare':>8} {'non-2xx':>8}  target   "
-          f"runs (vs bare of the same repeat)")
+          f"{'cpu app/redis/wrk':17}  runs (vs bare of the same repeat)")
     rows = []
     flagged = []
     for ep in endpoints:
@@ -370,8 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "-" if ep.name == "bare" else ("met" if ratio >= TARGET else "NOT met")
         runs = ", ".join(f"{r:,.0f}" + ("" if ep.name == "bare" else f" ({r / b:.2f})")
                          for r, b in zip(t.rates, tallies["bare"].rates))
-        print(f"{ep.label:{width}} {med[ep.name]:>12,.0f} {ratio:>8.2f} {t.non2xx:>8}  {verdict:7}  {runs}")
-        rows.append(f"| {ep.label} | {med[ep.name]:,.0f} | {ratio:.2f} | {t.non2xx} | {verdict} | {runs} |")
+        cpu = "/".join(f"{statistics.median(c[i] for c in t.cpu):.2f}" for i in range(3))
+        print(f"{ep.label:{width}} {med[ep.name]:>12,.0f} {ratio:>8.2f} {t.non2xx:>8}  {verdict:7}  {cpu:17}  {runs}")
+        rows.append(f"| {ep.label} | {med[ep.name]:,.0f} | {ratio:.2f} | {t.non2xx} | {verdict} | {cpu} | {runs} |")
         if t.non2xx or t.socket_errors:
             flagged.append(f"{ep.name}: {t.non2xx} non-2xx {dict(sorted(t.codes.items()))}"
                            + (f", {t.socket_errors} socket errors" if t.socket_errors else "")
@@ -405,10 +426,11 @@ def main(argv: list[str] | None = None) -> int:
               f"of 50, so every 50th complete fires its folder's barrier; detail and connect-status cycle over "
               f"{READ_POOL:,} claimed phase-1 tasks ({a.payload} payload) and their 20 folders; health posts "
               f"fixed metrics. Non-2xx answers counted by `bench/wrk_walk.lua`. wrk, uvicorn and Redis share "
-              f"the machine's CPUs.\n\n"
-            f"| endpoint | median req/s | vs bare | non-2xx | target >= {TARGET} "
+              f"the machine's CPUs; \"cpu\" is each one's CPU time over the measured seconds, in cores (median), "
+              f"read from /proc for the app's and Redis' processes and from wrk's rusage.\n\n"
+            f"| endpoint | median req/s | vs bare | non-2xx | target >= {TARGET} | cpu app/redis/wrk "
             f"| runs (vs bare of the same repeat) |\n"
-            f"|---|---:|---:|---:|---|---|\n" + "\n".join(rows) + "\n\n"
+            f"|---|---:|---:|---:|---|---|---|\n" + "\n".join(rows) + "\n\n"
             f"Lowest ratio: {worst:.2f} (target: every endpoint >= {TARGET} of the bare route, same run). "
             f"The taskhub app wrote {log_lines:,} log lines ({log_bytes / 1e6:,.1f} MB) over the run.\n"
             + "".join(f"\n**Flagged, not a clean measurement:** {f}\n" for f in flagged)

@@ -80,14 +80,17 @@ class Rounds:
             result = await call(step)
 
 
-def queue(pipe: Any, scripts: ScriptSet, call: Call) -> None:
-    """Put ``call``'s commands on ``pipe`` (EVALSHA by hand: redis-py's pipeline would
+def wire(scripts: ScriptSet, call: Call) -> list[tuple]:
+    """``call``'s commands as argument tuples (EVALSHA by hand: redis-py's pipeline would
     ask SCRIPT EXISTS first, a second round trip on every execute)."""
-    for c in call.commands:
-        if isinstance(c, Script):
-            pipe.execute_command("EVALSHA", scripts.sha(c.verb, len(c.keys)), len(c.keys), *c.keys, *c.args)
-        else:
-            pipe.execute_command(*c.args)
+    return [("EVALSHA", scripts.sha(c.verb, len(c.keys)), len(c.keys), *c.keys, *c.args) if isinstance(c, Script)
+            else c.args for c in call.commands]
+
+
+def queue(pipe: Any, scripts: ScriptSet, call: Call) -> None:
+    """Put ``call``'s commands on a redis-py pipeline."""
+    for args in wire(scripts, call):
+        pipe.execute_command(*args)
 
 
 def run_batch(client: Any, scripts: ScriptSet, calls: Sequence[Call]) -> list[tuple[bool, Any]]:
@@ -98,11 +101,32 @@ def run_batch(client: Any, scripts: ScriptSet, calls: Sequence[Call]) -> list[tu
     again, once, after loading every script.
     """
     replies = _execute(client, scripts, calls)
-    retry = [i for i, rs in enumerate(replies) if any(isinstance(r, NoScriptError) for r in rs)]
+    retry = unloaded(replies)
     if retry:
         scripts.load_all()
         for i, rs in zip(retry, _execute(client, scripts, [calls[i] for i in retry])):
             replies[i] = rs
+    return finish_all(calls, replies)
+
+
+def unloaded(replies: list[list]) -> list[int]:
+    """Indexes of the calls Redis refused with NOSCRIPT (they did not run: safe to send again)."""
+    return [i for i, rs in enumerate(replies) if any(isinstance(r, NoScriptError) for r in rs)]
+
+
+def split(calls: Sequence[Call], flat: Sequence[Any]) -> list[list]:
+    """The replies of one pipeline, cut into each call's own."""
+    out, i = [], 0
+    for call in calls:
+        n = len(call.commands)
+        out.append(list(flat[i:i + n]))
+        i += n
+    return out
+
+
+def finish_all(calls: Sequence[Call], replies: Sequence[list]) -> list[tuple[bool, Any]]:
+    """Each call's ``finish`` over its replies: ``(True, result)``, or ``(False, exception)`` (an
+    error reply of its own, or what ``finish`` raised)."""
     out: list[tuple[bool, Any]] = []
     for call, rs in zip(calls, replies):
         try:
@@ -123,12 +147,7 @@ def _execute(client: Any, scripts: ScriptSet, calls: Sequence[Call]) -> list[lis
         for call in calls:
             queue(pipe, scripts, call)
         flat = pipe.execute(raise_on_error=False)
-    out, i = [], 0
-    for call in calls:
-        n = len(call.commands)
-        out.append(flat[i:i + n])
-        i += n
-    return out
+    return split(calls, flat)
 
 
 MAX_REDIRECTS = 5

@@ -18,14 +18,16 @@ def test_concurrent_calls_share_one_pipeline_and_keep_their_own_results(engine, 
     mine = ids(engine.stacking.claim(a.id, 2))
     st = engine.stacking
     pipelines = []
-    real = engine.core.r.pipeline
+    batcher = Batcher(engine.core)
+    # A real Redis: the batch is one write on the pipelined connection; fakeredis: one redis-py pipeline.
+    owner, name = (batcher.conn, "submit") if batcher.conn is not None else (engine.core.r, "pipeline")
+    real = getattr(owner, name)
 
     def counting(*args, **kwargs):
         pipelines.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine.core.r, "pipeline", counting)
-    batcher = Batcher(engine.core)
+    monkeypatch.setattr(owner, name, counting)
 
     async def main():
         return await asyncio.gather(
@@ -60,7 +62,7 @@ def test_a_flushed_script_cache_is_reloaded_and_the_call_run_once(engine):
 def test_redis_errors_reach_every_caller_of_the_batch(engine, monkeypatch):
     import redis
 
-    batcher = Batcher(engine.core)
+    batcher = Batcher(engine.core, pipelined=False)  # the pipelined connection's errors: tests/api/test_pipelined.py
 
     def broken(*args, **kwargs):
         raise redis.ConnectionError("gone")

@@ -439,11 +439,20 @@ def test_wrong_method_is_405_in_the_envelope(engine, client, worker):
 # ---- one round trip per request ----------------------------------------------
 
 class RoundTrips:
-    """Counts what reaches Redis: each direct command, and each pipeline, is one round trip."""
+    """Counts what reaches Redis: each direct command, each pipeline, and each batch written on the
+    web process's pipelined connection (api/pipelined.py, a real Redis) is one round trip."""
 
     def __init__(self, monkeypatch, client) -> None:
+        from api.pipelined import PipelinedConnection
+
         self.n = 0
-        real_cmd, real_pipe = client.execute_command, client.pipeline
+        real_cmd, real_pipe, real_submit = client.execute_command, client.pipeline, PipelinedConnection.submit
+
+        def submit(conn, *args, **kwargs):
+            self.n += 1
+            return real_submit(conn, *args, **kwargs)
+
+        monkeypatch.setattr(PipelinedConnection, "submit", submit)
 
         def cmd(*args, **kwargs):
             self.n += 1
