@@ -5,6 +5,7 @@ microseconds per request, which matters for the single start/complete path.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 import time
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.errors import EngineError, Forbidden, InvalidInput
 
+PIPE_BUF = 4096  # POSIX: a write of at most this many bytes to a pipe is atomic (Linux: 4096)
 MAX_BODY = 1024 * 1024  # spec: bodies over 1 MiB -> 413
 MAX_BULK_BODY = 256 * 1024 * 1024  # bulk imports: 100,000 tasks of ~2 KB (documented in the README)
 
@@ -152,11 +154,15 @@ class Timed:
 class AccessLog:
     """One line per request: time, method, path, status, duration, caller (never a key or token).
 
-    Written with one ``os.write`` per line to stderr rather than through
-    ``logging``: a LogRecord, a formatter and a lock cost more than the rest of
-    a start/complete request's Python work (BENCHMARKS.md, HTTP section). One
-    write of a short line is atomic, so several web workers never interleave.
-    The timestamp is formatted once per second. With ``TASKHUB_LOG_FORMAT=json``
+    Written with ``os.write`` to stderr rather than through ``logging``: a
+    LogRecord, a formatter and a lock cost more than the rest of a
+    start/complete request's Python work (BENCHMARKS.md, HTTP section). The
+    lines of the requests that end in one event-loop tick are written together
+    at the end of it (``call_soon``), in writes of whole lines of at most
+    ``PIPE_BUF`` bytes: a write that size to a pipe is atomic, so the lines of
+    several web workers sharing honcho's pipe never interleave mid-line, and a
+    busy worker makes one write per tick instead of one per request. Outside an
+    event loop a line is written at once. The timestamp is formatted once per second. With ``TASKHUB_LOG_FORMAT=json``
     (``api/logs.py``) the line is one JSON object: ``ts`` (milliseconds),
     ``level``, ``logger``, ``msg``, ``method``, ``path``, ``status``, ``ms``,
     ``caller``; orjson encodes it in about a microsecond.
@@ -169,6 +175,8 @@ class AccessLog:
         self.json = (fmt or log_format()) == "json"
         self._second = -1
         self._stamp = ""
+        self._lines: list[bytes] = []
+        self._size = 0
 
     def _now(self, now: float | None = None) -> str:
         t = int(time.time() if now is None else now)
@@ -192,6 +200,25 @@ class AccessLog:
         else:
             data = (f"{self._now()} access {scope['method']} {scope['path']} {status} {ms:.1f}ms {caller}\n"
                     ).encode(errors="replace")
+        if self._size + len(data) > PIPE_BUF and self._lines:
+            self.flush()
+        if not self._lines:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no event loop: at once
+                self._emit(data)
+                return
+        self._lines.append(data)
+        self._size += len(data)
+
+    def flush(self) -> None:
+        """Write the lines held so far (at most ``PIPE_BUF`` bytes, whole lines)."""
+        if self._lines:
+            data = b"".join(self._lines)
+            self._lines, self._size = [], 0
+            self._emit(data)
+
+    def _emit(self, data: bytes) -> None:
         try:
             self.write(data)
         except OSError:  # a closed or full stderr must not fail the request
