@@ -106,3 +106,18 @@ def test_a_hot_request_is_timed_logged_and_labelled_by_its_template(engine, worl
     assert len(lines) == 1 and f" access POST {LINKS}/{world['claimed']}/start 200 " in lines[0]
     sid = engine.servers.authenticate(world["key"]).id
     assert lines[0].endswith(f" server:{sid}") and world["key"] not in lines[0]
+
+
+def test_the_served_app_settles_the_gc_once_built():
+    import gc
+
+    from api.app import GC_GEN0_THRESHOLD, settle_gc
+
+    before = gc.get_threshold()
+    try:
+        settle_gc()
+        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 1000  # the objects that exist now are out of the collector's way
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
