@@ -27,7 +27,7 @@ import asyncio
 import time
 from typing import Any
 
-from engine.calls import Call, finish_all, run_batch, split, unloaded, wire
+from engine.calls import Call, Plan, finish_all, run_batch, unloaded
 from engine.core import Core
 
 from .metrics import observe_batch_roundtrip
@@ -67,8 +67,9 @@ class Batcher:
     def _submit(self, batch: list[tuple[Call, asyncio.Future]], retried: bool) -> None:
         """Send ``batch`` on the pipelined connection; its futures are settled when the replies are in."""
         calls = [call for call, _ in batch]
+        plan = Plan(calls)
         try:
-            commands = [args for call in calls for args in wire(self.core.scripts, call)]
+            commands = plan.wire(self.core.scripts)
         except Exception as exc:  # noqa: BLE001 - not sent at all (e.g. a script name the set lacks)
             _fail(batch, exc)
             return
@@ -79,7 +80,7 @@ class Batcher:
             if isinstance(flat, BaseException):
                 _fail(batch, flat)
                 return
-            replies = split(calls, flat)
+            replies = plan.replies(flat)
             retry = [] if retried else unloaded(replies)
             if retry:  # NOSCRIPT: Redis lost its scripts (restarted); load them and send those calls again, once
                 try:

@@ -28,11 +28,19 @@ from .scripts import ScriptSet
 
 @dataclass(frozen=True)
 class Script:
-    """EVALSHA of a script of ``engine/lua`` (``args`` include the standard leading ARGV)."""
+    """EVALSHA of a script of ``engine/lua`` (``args`` include the standard leading ARGV).
+
+    ``each`` > 0: the script takes items (its last ``each`` args are this call's
+    one item) and answers a list of item replies. The commands of a batch that
+    are the same script with the same keys and the same other args (the clock
+    aside) go out as one script call carrying all their items (``merge``), and
+    each call sees its own item's reply, as if it had gone alone.
+    """
 
     verb: str
     keys: Sequence[str]
     args: Sequence[Any]
+    each: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,17 +88,54 @@ class Rounds:
             result = await call(step)
 
 
-def wire(scripts: ScriptSet, call: Call) -> list[tuple]:
-    """``call``'s commands as argument tuples (EVALSHA by hand: redis-py's pipeline would
-    ask SCRIPT EXISTS first, a second round trip on every execute)."""
-    return [("EVALSHA", scripts.sha(c.verb, len(c.keys)), len(c.keys), *c.keys, *c.args) if isinstance(c, Script)
-            else c.args for c in call.commands]
+MAX_ITEMS = 1000  # items per merged script call (its ARGV stays far below Lua's unpack limit)
 
 
-def queue(pipe: Any, scripts: ScriptSet, call: Call) -> None:
-    """Put ``call``'s commands on a redis-py pipeline."""
-    for args in wire(scripts, call):
-        pipe.execute_command(*args)
+class Plan:
+    """The commands that carry a batch of calls, with item scripts merged, and the way back.
+
+    ``commands``: what goes to Redis, in order. ``where[i]``: for each command of
+    call ``i``, the index of the command that carries it and its item's index in
+    that command's reply (-1: the reply is its own).
+    """
+
+    def __init__(self, calls: Sequence[Call]) -> None:
+        self.commands: list[Script | Command] = []
+        self.where: list[list[tuple[int, int]]] = []
+        items: dict[int, list] = {}  # command index -> its items so far
+        open_groups: dict[tuple, int] = {}
+        for call in calls:
+            spots = []
+            for c in call.commands:
+                if isinstance(c, Script) and c.each:
+                    head = tuple(c.args[:len(c.args) - c.each])
+                    key = (c.verb, tuple(c.keys), head[:1], head[2:])  # head[1]: the clock
+                    at = open_groups.get(key)
+                    if at is None or len(items[at]) >= MAX_ITEMS:
+                        at = open_groups[key] = len(self.commands)
+                        self.commands.append(Script(c.verb, c.keys, head))
+                        items[at] = []
+                    spots.append((at, len(items[at])))
+                    items[at].append(c.args[len(c.args) - c.each:])
+                else:
+                    spots.append((len(self.commands), -1))
+                    self.commands.append(c)
+            self.where.append(spots)
+        for at, rows in items.items():
+            base = self.commands[at]
+            assert isinstance(base, Script)
+            self.commands[at] = Script(base.verb, base.keys, (*base.args, *(a for row in rows for a in row)))
+
+    def wire(self, scripts: ScriptSet) -> list[tuple]:
+        """The commands as argument tuples (EVALSHA by hand: redis-py's pipeline would
+        ask SCRIPT EXISTS first, a second round trip on every execute)."""
+        return [("EVALSHA", scripts.sha(c.verb, len(c.keys)), len(c.keys), *c.keys, *c.args)
+                if isinstance(c, Script) else c.args for c in self.commands]
+
+    def replies(self, flat: Sequence[Any]) -> list[list]:
+        """Each call's replies from the commands' (an error reply of a merged call is every item's)."""
+        return [[flat[at] if item < 0 or isinstance(flat[at], Exception) else flat[at][item]
+                 for at, item in spots] for spots in self.where]
 
 
 def run_batch(client: Any, scripts: ScriptSet, calls: Sequence[Call]) -> list[tuple[bool, Any]]:
@@ -114,16 +159,6 @@ def unloaded(replies: list[list]) -> list[int]:
     return [i for i, rs in enumerate(replies) if any(isinstance(r, NoScriptError) for r in rs)]
 
 
-def split(calls: Sequence[Call], flat: Sequence[Any]) -> list[list]:
-    """The replies of one pipeline, cut into each call's own."""
-    out, i = [], 0
-    for call in calls:
-        n = len(call.commands)
-        out.append(list(flat[i:i + n]))
-        i += n
-    return out
-
-
 def finish_all(calls: Sequence[Call], replies: Sequence[list]) -> list[tuple[bool, Any]]:
     """Each call's ``finish`` over its replies: ``(True, result)``, or ``(False, exception)`` (an
     error reply of its own, or what ``finish`` raised)."""
@@ -140,14 +175,15 @@ def finish_all(calls: Sequence[Call], replies: Sequence[list]) -> list[tuple[boo
 
 
 def _execute(client: Any, scripts: ScriptSet, calls: Sequence[Call]) -> list[list]:
+    plan = Plan(calls)
     if isinstance(client, RedisCluster):
-        flat = _execute_on_cluster(client, scripts, calls)
+        flat = _execute_on_cluster(client, scripts, plan.commands)
     else:
         pipe = client.pipeline(transaction=False)
-        for call in calls:
-            queue(pipe, scripts, call)
+        for args in plan.wire(scripts):
+            pipe.execute_command(*args)
         flat = pipe.execute(raise_on_error=False)
-    return split(calls, flat)
+    return plan.replies(flat)
 
 
 MAX_REDIRECTS = 5
@@ -157,8 +193,8 @@ def _first_key(c: Script | Command) -> str:
     return c.keys[0] if isinstance(c, Script) else c.args[1]
 
 
-def _execute_on_cluster(rc: RedisCluster, scripts: ScriptSet, calls: Sequence[Call]) -> list:
-    """The commands of ``calls``, one plain pipeline per node that owns their slots.
+def _execute_on_cluster(rc: RedisCluster, scripts: ScriptSet, flat: Sequence[Script | Command]) -> list:
+    """``flat`` (a batch's commands), one plain pipeline per node that owns their slots.
 
     redis-py's ``ClusterPipeline`` refuses EVALSHA, so commands are grouped by
     the node that owns each one's slot (every command's keys share one slot:
@@ -170,7 +206,6 @@ def _execute_on_cluster(rc: RedisCluster, scripts: ScriptSet, calls: Sequence[Ca
     to the node named (ASK with ASKING first). Connection errors propagate, as
     on one Redis: nothing that may have run is resent.
     """
-    flat = [c for call in calls for c in call.commands]
     replies: list[Any] = [None] * len(flat)
     todo = list(range(len(flat)))
     asking: dict[int, Any] = {}

@@ -41,6 +41,12 @@ class Core:
         """A script command for a ``Call``, with the standard leading ARGV: prefix, now, events cap."""
         return Script(verb, keys, (self.keys.prefix, self.now(), self.settings.events_maxlen, *args))
 
+    def items(self, verb: str, keys: Sequence[str], shared: Sequence[Any], item: Sequence[Any]) -> Script:
+        """A command of a script that takes items (``Script.each``): ``shared`` args after the
+        standard ones, then this call's ``item``. Commands alike in a batch share one script call."""
+        return Script(verb, keys, (self.keys.prefix, self.now(), self.settings.events_maxlen, *shared, *item),
+                      each=len(item))
+
     def call(self, call: Call) -> Any:
         """Run one ``Call`` now, in one round trip; returns its result or raises its error."""
         ok, result = run_batch(self.r, self.scripts, [call])[0]

@@ -454,8 +454,8 @@ class Stacking:
     def start_call(self, who: Who, task_id: str) -> Call:
         core = self.shard_of_task(task_id)
         k = core.keys
-        return Call([core.script("start", [caller_key(core, who), k.task(task_id), k.claim_leases, k.run_leases],
-                                 self.s.server_offline_after_ms, self.s.run_ttl_ms)], _server_id)
+        return Call([core.items("start", [k.claim_leases, k.run_leases], (self.s.server_offline_after_ms,
+                                self.s.run_ttl_ms), (caller_key(core, who), task_id))], _server_id)
 
     def complete(self, who: Who, task_id: str, link_post: Any = None, note: Any = None) -> str:
         """registering -> profiled (link_post required), connecting -> completed; returns the server id."""
@@ -468,8 +468,8 @@ class Stacking:
 
         encoded, text = auth_first(self.core, who, check)
         core = self.shard_of_task(task_id)
-        return Call([core.script("complete", [caller_key(core, who), core.keys.task(task_id), core.keys.run_leases],
-                                 self.s.server_offline_after_ms, encoded, text)], _server_id)
+        return Call([core.items("complete", [core.keys.run_leases], (self.s.server_offline_after_ms,),
+                                (caller_key(core, who), task_id, encoded, text))], _server_id)
 
     def fail(self, who: Who, task_id: str, error_message: Any, note: Any = None) -> str:
         """registering -> profile_failed, connecting -> connect_failed; returns the server id."""
@@ -483,9 +483,8 @@ class Stacking:
         message, text = auth_first(self.core, who, check)
         core = self.shard_of_task(task_id)
         k, s = core.keys, self.s
-        return Call([core.script("fail", [caller_key(core, who), k.task(task_id), k.run_leases, k.retries],
-                                 s.server_offline_after_ms, message, text, s.retry_base_ms, s.retry_cap_ms)],
-                    _server_id)
+        return Call([core.items("fail", [k.run_leases, k.retries], (s.server_offline_after_ms, s.retry_base_ms,
+                                s.retry_cap_ms), (caller_key(core, who), task_id, message, text))], _server_id)
 
     def connect_status(self, who: Who, folder_id: str) -> dict:
         """The seed's connect-status body for the caller's tasks of one folder (O(1))."""

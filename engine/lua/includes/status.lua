@@ -4,9 +4,38 @@
 -- Derived key: t:<task>; `hashes` are full key names under the same tag.
 -- @include events
 
+-- Deferred counting, for a script that moves many tasks in one call: after
+-- defer_counts(), recount only sums the moves per hash and field, and
+-- flush_counts() applies each nonzero sum with one HINCRBY. A script reads no
+-- status counter it moved (connect-status and stats are read by other calls),
+-- so the totals are what per-move HINCRBYs would give, for far fewer commands.
+local DELTAS = nil
+
+local function defer_counts()
+  DELTAS = {}
+end
+
+local function flush_counts()
+  for h, fields in pairs(DELTAS or {}) do
+    for field, n in pairs(fields) do
+      if n ~= 0 then redis.call('HINCRBY', h, field, n) end
+    end
+  end
+  DELTAS = nil
+end
+
 -- Move one count from status `old` to `new` in each counter hash (a nil status
 -- is "no task": creation passes old = nil, deletion new = nil).
 local function recount(hashes, old, new)
+  if DELTAS then
+    for _, h in ipairs(hashes) do
+      local d = DELTAS[h]
+      if not d then d = {}; DELTAS[h] = d end
+      if old then d[old] = (d[old] or 0) - 1 end
+      if new then d[new] = (d[new] or 0) + 1 end
+    end
+    return
+  end
   for _, h in ipairs(hashes) do
     if old then redis.call('HINCRBY', h, old, -1) end
     if new then redis.call('HINCRBY', h, new, 1) end

@@ -18,7 +18,7 @@ end
 
 -- Returns the server id, or nil and the refusal. `stacking`: the caller must
 -- also hold a stacking service and be online (heartbeat within offline_after ms).
-local function authenticate(ckey, stacking, offline_after)
+local function lookup(ckey, stacking, offline_after)
   local sid, refusal = server_of(ckey)
   if not sid then return nil, refusal end
   if string.sub(ckey, #K + 1, #K + 2) == 's:' then return sid, nil end
@@ -36,14 +36,26 @@ local function authenticate(ckey, stacking, offline_after)
   return sid, nil
 end
 
--- The task of KEYS[2] (t:<task>) as held by the caller of KEYS[1], when its
--- status is one of `statuses` (a set). Needs common. Returns sid, task, or
--- nil, nil and the refusal, checked in this order: the caller, the task
--- exists, its status, the caller holds it.
-local function held_task(offline_after, statuses)
-  local sid, refusal = authenticate(KEYS[1], true, offline_after)
+-- lookup, remembered for the rest of the script: a call acting for many
+-- requests of the same servers reads each caller once (nothing a script does
+-- changes a server's key, status or heartbeat under it).
+local AUTHED = {}
+local function authenticate(ckey, stacking, offline_after)
+  local memo = stacking and AUTHED[ckey]
+  if memo then return memo[1], memo[2] end
+  local sid, refusal = lookup(ckey, stacking, offline_after)
+  if stacking then AUTHED[ckey] = {sid, refusal} end
+  return sid, refusal
+end
+
+-- Task `tid` as held by the caller `ckey` (a full caller key, as KEYS[1] of a
+-- single-caller script), when its status is one of `statuses` (a set). Needs
+-- common. Returns sid, task, or nil, nil and the refusal, checked in this
+-- order: the caller, the task exists, its status, the caller holds it.
+local function held_task(ckey, tid, offline_after, statuses)
+  local sid, refusal = authenticate(ckey, true, offline_after)
   if not sid then return nil, nil, refusal end
-  local t = load_task(string.sub(KEYS[2], #K + 3))
+  local t = load_task(tid)
   if not t then return nil, nil, {'not_found'} end
   if not statuses[t.st] then return nil, nil, {'bad_state', t.st} end
   if t.own ~= sid then return nil, nil, {'not_task_owner', t.st} end

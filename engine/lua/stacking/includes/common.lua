@@ -30,8 +30,9 @@ local function counter_hashes(t)
 end
 
 -- Every stacking status change: the shared change_status with this contract's counters.
-local function set_status(t, new, actor)
-  change_status(t.id, t.st, new, actor, counter_hashes(t))
+-- `extra` (optional): more fields of the task hash, written by the same HSET.
+local function set_status(t, new, actor, extra)
+  change_status(t.id, t.st, new, actor, counter_hashes(t), extra)
   t.st = new
 end
 

@@ -5,12 +5,14 @@
 
 -- t.st must be registering or connecting. base/cap: backoff in ms. Out of
 -- retries, it is due at once, so the retry script marks it final_failed.
-local function fail_task(t, message, actor, base, cap)
+-- `note` (optional): the worker's note, stored with the error.
+local function fail_task(t, message, actor, base, cap, note)
   local new = 'connect_failed'
   if t.st == 'registering' then new = 'profile_failed' end
-  redis.call('HSET', K .. 't:' .. t.id, 'err', message, 'own', '', 'failed_at', NOW)
   redis.call('ZREM', K .. 'lease:run', t.id)
-  set_status(t, new, actor)
+  local extra = {'err', message, 'own', '', 'failed_at', NOW}
+  if note then extra[7], extra[8] = 'note', note end
+  set_status(t, new, actor, extra)
   local due = NOW
   if t.rc < t.mr then due = NOW + backoff(base, cap, t.rc) end
   schedule_retry(t.id, due)
