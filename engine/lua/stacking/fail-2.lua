@@ -6,7 +6,8 @@ One call carries one or more items (the fails of one web batch or of one
 Core.call_many, engine/calls.py), each checked and applied on its own exactly
 as a call of its own would be; a refused item changes nothing. Checks per
 item before any of its writes: the caller (includes/auth.lua), exists, status
-registering/connecting, caller owns it. Status counters are written once per call.
+registering/connecting, caller owns it. Status counters, the run lease set and the
+retry schedule are written once per call.
 KEYS[1] lease:run   run leases
 KEYS[2] retry       retry schedule (zset task -> due ms)
 ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] offline after ms
@@ -26,16 +27,17 @@ local base, cap = tonumber(ARGV[5]), tonumber(ARGV[6])
 -- @include auth
 
 local RUNNING = {registering = true, connecting = true}
-local out = {}
+local out, later = {}, {runs = {}, retries = {}}
 defer_counts()
 for i = 7, #ARGV, 4 do
   local sid, t, refusal = held_task(ARGV[i], ARGV[i + 1], offline_after, RUNNING)
   if sid then
-    fail_task(t, ARGV[i + 2], sid, base, cap, ARGV[i + 3])
+    fail_task(t, ARGV[i + 2], sid, base, cap, ARGV[i + 3], later)
     out[#out + 1] = {'ok', sid}
   else
     out[#out + 1] = refusal
   end
 end
+flush_failures(later)
 flush_counts()
 return out

@@ -36,17 +36,30 @@ local function set_status(t, new, actor, extra)
   t.st = new
 end
 
--- Put a task into its folder's ready set for `phase` and the folder into the
--- claim index: its bound server's set, or the unbound set.
-local function make_ready(t, phase)
-  redis.call('ZADD', K .. 'fr:' .. phase .. ':' .. t.fo, t.seq, t.id)
-  local f = redis.call('HMGET', K .. 'f:' .. t.fo, 'srv', 'seq')
+-- ZADD of many score/member pairs, in slices that stay within Lua's unpack limit.
+local function zadd_pairs(key, pairs)
+  for i = 1, #pairs, 2000 do
+    redis.call('ZADD', key, unpack(pairs, i, math.min(i + 1999, #pairs)))
+  end
+end
+
+-- Put tasks of folder `fid` into its ready set for `phase` (`pairs`: seq, id,
+-- seq, id...) and the folder into the claim index: its bound server's set, or
+-- the unbound set.
+local function make_ready_many(fid, phase, pairs)
+  zadd_pairs(K .. 'fr:' .. phase .. ':' .. fid, pairs)
+  local f = redis.call('HMGET', K .. 'f:' .. fid, 'srv', 'seq')
   local srv = f[1] or ''
   if srv ~= '' then
-    redis.call('ZADD', K .. 'fb:' .. phase .. ':' .. srv, f[2], t.fo)
+    redis.call('ZADD', K .. 'fb:' .. phase .. ':' .. srv, f[2], fid)
   else
-    redis.call('ZADD', K .. 'fu:' .. phase, f[2], t.fo)
+    redis.call('ZADD', K .. 'fu:' .. phase, f[2], fid)
   end
+end
+
+-- One task: make_ready_many of one.
+local function make_ready(t, phase)
+  make_ready_many(t.fo, phase, {t.seq, t.id})
 end
 
 -- Take a task out of its folder's ready set for `phase`; drop the folder from

@@ -2,13 +2,19 @@
 -- Needs the common include. Derived keys: f:<folder>, fp:<folder>, r:<request>,
 -- plus those of make_ready/set_status.
 
+-- `n` tasks of folder `fid` (request `rid`) reached completed/final_failed/cancel:
+-- close them in folder and request.
+local function tasks_terminal(fid, rid, n)
+  redis.call('HINCRBY', K .. 'f:' .. fid, 'open', -n)
+  local open = redis.call('HINCRBY', K .. 'r:' .. rid, 'open', -n)
+  if open == 0 then
+    redis.call('HSET', K .. 'r:' .. rid, 'st', 'completed', 'done_at', NOW)
+  end
+end
+
 -- A task reached completed/final_failed/cancel: close it in folder and request.
 local function task_terminal(t)
-  redis.call('HINCRBY', K .. 'f:' .. t.fo, 'open', -1)
-  local open = redis.call('HINCRBY', K .. 'r:' .. t.req, 'open', -1)
-  if open == 0 then
-    redis.call('HSET', K .. 'r:' .. t.req, 'st', 'completed', 'done_at', NOW)
-  end
+  tasks_terminal(t.fo, t.req, 1)
 end
 
 -- connect_links of the i-th of n profiled files (lps: pre-encoded JSON strings).
@@ -36,7 +42,9 @@ local function links_for(mode, lps, i)
 end
 
 -- Every task of the folder has left phase 1: move all profiled tasks on, at once.
--- Work is bounded by the folder's size (at most one request's tasks).
+-- Work is bounded by the folder's size (at most one request's tasks). The
+-- folder's ready set, its claim index entry and the open counts are written
+-- once for the whole folder, not once per task.
 local function barrier(fid, actor)
   local fk = K .. 'f:' .. fid
   local f = redis.call('HMGET', fk, 'req', 'mode')
@@ -47,22 +55,23 @@ local function barrier(fid, actor)
     redis.call('HSET', rk, 'st', 'connecting')
   end
   local ids = redis.call('ZRANGE', K .. 'fp:' .. fid, 0, -1)
+  if #ids == 0 then return end
   redis.call('DEL', K .. 'fp:' .. fid)
-  local lps, tasks = {}, {}
-  for i, tid in ipairs(ids) do
-    tasks[i] = load_task(tid)
-    lps[i] = redis.call('HGET', K .. 't:' .. tid, 'lp')
+  local tasks = {}
+  for i, tid in ipairs(ids) do tasks[i] = load_task(tid) end
+  if mode == 'disable' then
+    for _, t in ipairs(tasks) do set_status(t, 'completed', actor) end
+    tasks_terminal(fid, rid, #tasks)
+    return
   end
+  local lps, ready = {}, {}
+  for i, tid in ipairs(ids) do lps[i] = redis.call('HGET', K .. 't:' .. tid, 'lp') end
   for i, t in ipairs(tasks) do
-    if mode == 'disable' then
-      set_status(t, 'completed', actor)
-      task_terminal(t)
-    else
-      redis.call('HSET', K .. 't:' .. t.id, 'cl', links_for(mode, lps, i), 'ph', '2')
-      set_status(t, 'connect', actor)
-      make_ready(t, 2)
-    end
+    set_status(t, 'connect', actor, {'cl', links_for(mode, lps, i), 'ph', '2'})
+    ready[#ready + 1] = t.seq
+    ready[#ready + 1] = t.id
   end
+  make_ready_many(fid, 2, ready)
 end
 
 -- One task of the folder left phase 1 (profiled, final_failed or cancel).
