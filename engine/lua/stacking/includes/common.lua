@@ -13,12 +13,18 @@ local PHASE1 = {pending = true, queued = true, running = true,
                 register = true, registering = true, profile_failed = true}
 local TERMINAL = {completed = true, final_failed = true, cancel = true}
 
--- The fields scripts decide on; nil when the task does not exist.
-local function load_task(tid)
-  local v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'fo', 'req', 'asg', 'own', 'seq', 'rc', 'mr')
+-- The fields scripts decide on; nil when the task does not exist. `more`
+-- (optional): one more field, returned second (read by the same HMGET).
+local function load_task(tid, more)
+  local v
+  if more then
+    v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'fo', 'req', 'asg', 'own', 'seq', 'rc', 'mr', more)
+  else
+    v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'fo', 'req', 'asg', 'own', 'seq', 'rc', 'mr')
+  end
   if not v[1] then return nil end
   return {id = tid, st = v[1], fo = v[2], req = v[3], asg = v[4] or '', own = v[5] or '',
-          seq = v[6], rc = tonumber(v[7]) or 0, mr = tonumber(v[8]) or 0}
+          seq = v[6], rc = tonumber(v[7]) or 0, mr = tonumber(v[8]) or 0}, v[9]
 end
 
 -- The counter hashes that mirror a task's status: its folder's, its request's,

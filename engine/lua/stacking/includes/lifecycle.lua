@@ -57,15 +57,14 @@ local function barrier(fid, actor)
   local ids = redis.call('ZRANGE', K .. 'fp:' .. fid, 0, -1)
   if #ids == 0 then return end
   redis.call('DEL', K .. 'fp:' .. fid)
-  local tasks = {}
-  for i, tid in ipairs(ids) do tasks[i] = load_task(tid) end
+  local tasks, lps = {}, {}
+  for i, tid in ipairs(ids) do tasks[i], lps[i] = load_task(tid, 'lp') end
   if mode == 'disable' then
     for _, t in ipairs(tasks) do set_status(t, 'completed', actor) end
     tasks_terminal(fid, rid, #tasks)
     return
   end
-  local lps, ready = {}, {}
-  for i, tid in ipairs(ids) do lps[i] = redis.call('HGET', K .. 't:' .. tid, 'lp') end
+  local ready = {}
   for i, t in ipairs(tasks) do
     set_status(t, 'connect', actor, {'cl', links_for(mode, lps, i), 'ph', '2'})
     ready[#ready + 1] = t.seq
