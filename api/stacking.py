@@ -6,8 +6,10 @@ Envelope: ``{"success": true, ...}``; errors ``{"success": false, "message",
 Single-task handlers build an engine ``Call`` and await it through the
 process's ``Batcher`` (api/batch.py), which sends the calls of concurrent
 requests as one pipeline per event-loop tick: one round trip per request at
-most, far fewer under load. The pull (a script, then a read that depends on
-it) calls the engine directly; a web process scales with processes
+most, far fewer under load, with the starts (completes, fails) of a tick in
+one script call (engine/calls.py ``Plan``). These routes are dispatched ahead
+of Starlette's router (api/hot.py). The pull (a script, then a read that
+depends on it) calls the engine directly; a web process scales with processes
 (``TASKHUB_WEB_WORKERS``). Measured in BENCHMARKS.md.
 """
 from __future__ import annotations
