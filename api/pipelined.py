@@ -17,6 +17,13 @@ batch, as the blocking pipeline raises it. Nothing is ever resent: a lost
 connection fails every batch in flight with ``ConnectionError`` (the
 contract's 503); the next batch opens a new connection.
 
+Why not ``redis.asyncio``: it would not block the loop either, but each
+batch would hold a pooled connection of its own until its replies are read,
+and every reply passes through several awaited Python layers; here one
+connection carries every batch in flight and a reply costs a hiredis
+``gets()``. (Not measured side by side; the blocking client is the anchor in
+BENCHMARKS.md.)
+
 Used for a plain ``redis.Redis`` on a unix socket or TCP (the client's RESP
 version, ``HELLO 3`` by default, with ``AUTH`` of user and password, ``CLIENT
 SETNAME``, ``SELECT`` of a database, ``socket_timeout`` and
@@ -172,7 +179,9 @@ class PipelinedConnection:
     def _handshaken(self, replies: list | BaseException) -> None:
         error = replies if isinstance(replies, BaseException) else next(
             (r for r in replies if isinstance(r, BaseException)), None)
-        if error is not None:
+        if isinstance(error, redis.ConnectionError):  # e.g. LOADING: the server is there but not ready
+            self._fail(error)
+        elif error is not None:
             self._fail(redis.AuthenticationError(f"Redis refused the connection's handshake: {error}"))
 
     # ---- receiving -----------------------------------------------------------

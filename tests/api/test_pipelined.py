@@ -179,3 +179,15 @@ def test_only_a_plain_redis_client_gets_one():
     assert PipelinedConnection.for_client(RedisCluster.__new__(RedisCluster)) is None
     assert PipelinedConnection.for_client(redis.Redis(unix_socket_path="/nowhere.sock")).address == \
         ("unix", "/nowhere.sock")
+
+
+def test_a_loading_server_fails_the_batch_with_busy_loading_not_an_auth_error():
+    from tests.api.test_unavailable import FakeRedis
+
+    loading = FakeRedis(b"-LOADING Redis is loading the dataset in memory\r\n")
+    try:
+        conn = PipelinedConnection.for_client(redis.Redis(unix_socket_path=loading.path, **CLIENT_OPTIONS))
+        [refused] = run(conn, [("GET", "k")])
+        assert type(refused) is redis.exceptions.BusyLoadingError
+    finally:
+        loading.close()

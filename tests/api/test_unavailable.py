@@ -107,6 +107,9 @@ def test_loading_and_timeouts_answer_503():
     try:
         _assert_503(_send(_app(redis.Redis(unix_socket_path=loading.path, **CLIENT_OPTIONS)),
                           "GET", "/api/v1/stacking/links", None))
+        # A batched request (the pipelined connection, api/pipelined.py): LOADING is a 503 too.
+        _assert_503(_send(_app(redis.Redis(unix_socket_path=loading.path, **CLIENT_OPTIONS)),
+                          "POST", "/api/v1/worker/health", {"server_name": "tool-1"}))
         timing_out = redis.Redis(unix_socket_path=silent.path, **{**CLIENT_OPTIONS, "socket_timeout": 0.2})
         _assert_503(_send(_app(timing_out), "POST", "/api/v1/worker/health", {"server_name": "tool-1"}))
     finally:
