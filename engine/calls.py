@@ -17,17 +17,17 @@ NOSCRIPT (it did not run) is loaded and its call run again.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Generator, Sequence
+from typing import Any, Awaitable, Callable, Generator, NamedTuple, Sequence
 
+import hiredis
 from redis.cluster import RedisCluster
-from redis.exceptions import AskError, MovedError, NoScriptError, TryAgainError
+from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import AskError, DataError, MovedError, NoScriptError, ResponseError, TryAgainError
 
 from .scripts import ScriptSet
 
 
-@dataclass(frozen=True)
-class Script:
+class Script(NamedTuple):
     """EVALSHA of a script of ``engine/lua`` (``args`` include the standard leading ARGV).
 
     ``each`` > 0: the script takes items (its last ``each`` args are this call's
@@ -43,15 +43,13 @@ class Script:
     each: int = 0
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     """A plain read command, e.g. ``Command(("HMGET", key, "st"))``."""
 
     args: tuple
 
 
-@dataclass(frozen=True)
-class Call:
+class Call(NamedTuple):
     commands: Sequence[Script | Command]
     finish: Callable[[list], Any]
 
@@ -178,12 +176,51 @@ def _execute(client: Any, scripts: ScriptSet, calls: Sequence[Call]) -> list[lis
     plan = Plan(calls)
     if isinstance(client, RedisCluster):
         flat = _execute_on_cluster(client, scripts, plan.commands)
-    else:
+    elif client.connection_pool.connection_class in _PLAIN_CONNECTIONS:
+        flat = _execute_plain(client, plan.wire(scripts))
+    else:  # fakeredis and other connection kinds: redis-py's own pipeline
         pipe = client.pipeline(transaction=False)
         for args in plan.wire(scripts):
             pipe.execute_command(*args)
         flat = pipe.execute(raise_on_error=False)
     return plan.replies(flat)
+
+
+_PLAIN_CONNECTIONS = (Connection, UnixDomainSocketConnection, SSLConnection)
+
+
+def _execute_plain(client: Any, wire: list[tuple]) -> list:
+    """``wire`` as one pipeline on one pooled connection; a reply per command (an error reply
+    as its exception).
+
+    What redis-py's pipeline does, without what it costs here: its encoder
+    walks every argument in Python before hiredis packs them (a thousand-item
+    script call has 2,000-4,000), and its ``execute`` adds retry and telemetry
+    wrappers we do not use (the engine's connection never retries). hiredis
+    packs str, bytes, int and float exactly as redis-py does; anything else is
+    refused before a byte is sent. A connection error or timeout drops the
+    connection and propagates: nothing is sent again.
+    """
+    try:
+        packed = b"".join([hiredis.pack_command(args) for args in wire])
+    except TypeError as exc:
+        raise DataError(f"cannot send {exc}") from None
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([packed])
+        out: list[Any] = []
+        for args in wire:
+            try:
+                out.append(client.parse_response(conn, args[0]))
+            except ResponseError as exc:
+                out.append(exc)
+        return out
+    except BaseException:
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
 
 
 MAX_REDIRECTS = 5

@@ -67,7 +67,7 @@ def test_redis_errors_reach_every_caller_of_the_batch(engine, monkeypatch):
     def broken(*args, **kwargs):
         raise redis.ConnectionError("gone")
 
-    monkeypatch.setattr(engine.core.r, "pipeline", broken)
+    monkeypatch.setattr(engine.core.r.connection_pool, "get_connection", broken)  # every way to Redis
 
     async def main():
         return await asyncio.gather(*(batcher.run(engine.stacking.start_call("s", f"t{i}")) for i in range(3)),

@@ -113,3 +113,31 @@ def test_merged_completes_and_fails_end_as_single_calls_do(engine, verb):
     assert final == ({"completed"} if verb == "complete" else {"profile_failed"})
     stats = {k: v for k, v in st.stats().items() if v}
     assert stats == ({"completed": 8} if verb == "complete" else {"profile_failed": 8})
+
+
+def test_a_batch_with_an_argument_redis_cannot_take_sends_nothing(engine):
+    """Packing happens before a byte is sent (hiredis on a plain client, redis-py's encoder on
+    fakeredis): the batch is refused whole with redis-py's DataError, nothing ran, and the
+    connection still answers in order afterwards."""
+    from redis.exceptions import DataError
+
+    a, _ = online_server(engine, "a")
+    engine.stacking.create_request(request_doc(tasks=1))
+    [tid] = ids(engine.stacking.claim(a.id, 1))
+    shard = engine.stacking.shard_of_task(tid)  # on a cluster: the same node, so the same pipeline
+    bad = Call([Command(("HSET", shard.keys.task(tid), "st", None))], list)
+    with pytest.raises(DataError):
+        shard.call_many([engine.stacking.start_call(a.id, tid), bad])
+    assert engine.stacking.task_state(tid)["status"] == "register"
+    [(ok, sid)] = shard.call_many([engine.stacking.start_call(a.id, tid)])
+    assert ok and sid == a.id and engine.stacking.task_state(tid)["status"] == "registering"
+
+
+def test_error_replies_of_plain_commands_are_each_calls_own(engine):
+    """An error reply (here WRONGTYPE) fails its own call only; the other calls of the batch
+    see their replies, in order."""
+    k = engine.core.keys.task("x")
+    engine.core.r.set(k, "a string")
+    results = engine.core.call_many([Call([Command(("HGET", k, "st"))], list), Call([Command(("GET", k))], list)])
+    assert not results[0][0] and "WRONGTYPE" in str(results[0][1])
+    assert results[1] == (True, [b"a string"])

@@ -38,7 +38,7 @@ for i = 10, #ARGV do
       local r = record(top[1])
       local t = {id = r[1], st = r[2], se = se}
       redis.call('HSET', KEYS[1], se, t.id)
-      set_status(t, '1', agent, {'sa', NOW, 'ag', agent})
+      set_status(t, '1', agent, {'sa', STAMP, 'ag', agent})
       redis.call('ZADD', KEYS[2], NOW + run_ttl, t.id)
       r[2], r[10] = '1', NOW
       out[#out + 1] = r

@@ -46,9 +46,9 @@ end
 -- (optional): more field/value pairs of the task hash, written in the same HSET.
 local function change_status(id, old, new, actor, hashes, extra)
   if extra then
-    redis.call('HSET', K .. 't:' .. id, 'st', new, 'ua', NOW, unpack(extra))
+    redis.call('HSET', K .. 't:' .. id, 'st', new, 'ua', STAMP, unpack(extra))
   else
-    redis.call('HSET', K .. 't:' .. id, 'st', new, 'ua', NOW)
+    redis.call('HSET', K .. 't:' .. id, 'st', new, 'ua', STAMP)
   end
   recount(hashes, old, new)
   emit(id, old or '', new or '', actor)

@@ -28,10 +28,20 @@ local function load_task(tid, more)
 end
 
 -- The counter hashes that mirror a task's status: its folder's, its request's,
--- the global stats and, while assigned, its folder's for that server.
+-- the global stats and, while assigned, its folder's for that server. Built
+-- once per folder and server in a call (a call moving a thousand tasks of
+-- twenty folders builds twenty lists, not a thousand): the names are pure
+-- functions of (folder, server), and a folder belongs to one request.
+local STATS, HASHES = K .. 'stats', {}
 local function counter_hashes(t)
-  local hs = {K .. 'fc:' .. t.fo, K .. 'rc:' .. t.req, K .. 'stats'}
-  if t.asg ~= '' then hs[4] = K .. 'fs:' .. t.fo .. ':' .. t.asg end
+  local by_folder = HASHES[t.fo]
+  if not by_folder then by_folder = {}; HASHES[t.fo] = by_folder end
+  local hs = by_folder[t.asg]
+  if not hs then
+    hs = {K .. 'fc:' .. t.fo, K .. 'rc:' .. t.req, STATS}
+    if t.asg ~= '' then hs[4] = K .. 'fs:' .. t.fo .. ':' .. t.asg end
+    by_folder[t.asg] = hs
+  end
   return hs
 end
 

@@ -12,7 +12,7 @@
 local function fail_task(t, message, actor, base, cap, note, later)
   local new = 'connect_failed'
   if t.st == 'registering' then new = 'profile_failed' end
-  local extra = {'err', message, 'own', '', 'failed_at', NOW}
+  local extra = {'err', message, 'own', '', 'failed_at', STAMP}
   if note then extra[7], extra[8] = 'note', note end
   set_status(t, new, actor, extra)
   local due = NOW
