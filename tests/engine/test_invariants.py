@@ -311,8 +311,9 @@ def check_invariants(snap: Snapshot, reader: Reader, where: str) -> None:
             assert f["phase"] == "1", f"{where}: {fid} phase={f['phase']} with p1={p1}"
             assert not any(t["st"] in ("connect", "connecting", "connect_failed") for t in mine), where
         assert int(f["open"]) == sum(t["st"] not in TERMINAL for t in mine), f"{where}: f:{fid} open"
-        expected_fp = {tid: float(tasks[tid]["seq"]) for tid in by_folder[fid] if tasks[tid]["st"] == "profiled"}
-        assert snap.fp.get(fid, {}) == expected_fp, f"{where}: fp:{fid}"
+        # the barrier reads the profiled tasks in folder order from ft: it must be seq order
+        assert snap.ft[fid] == sorted(snap.ft[fid], key=lambda tid: int(tasks[tid]["seq"])), f"{where}: ft:{fid} order"
+    assert not snap.fp, f"{where}: fp: keys are no longer kept, found {sorted(snap.fp)}"
 
     # 7. request status
     for rid, r in requests.items():

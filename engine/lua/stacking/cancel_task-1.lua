@@ -4,7 +4,7 @@ Leaving phase 1 this way counts for the folder barrier (stacking.md). A worker
 that still holds the task gets 409 on its next start/complete/fail.
 KEYS[1] t:<task>
 ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] actor
-Derived keys: f:, r:, fr:, fp:, fu:/fb:, lease:claim, lease:run, retry, counters.
+Derived keys: f:, r:, fr:, ft:, fu:/fb:, lease:claim, lease:run, retry, counters.
 Returns {"ok"} | {"not_found"} | {"bad_state", status} (already terminal)
 Events: one, plus barrier moves.
 ]]

@@ -9,12 +9,12 @@ as a call of its own would be, in order (a barrier an item fires is seen by
 the items after it); a refused item changes nothing. Checks per item before
 any of its writes: the caller (includes/auth.lua), exists, status
 registering/connecting, caller owns it, link_post present in phase 1. Status
-counters and the run lease set are written once per call.
+counters, each folder's phase-1 count and the run lease set are written once per call.
 KEYS[1] lease:run    run leases
 ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] offline after ms
 ARGV[5..] items of 4: caller key (full name: skey:<sha256 of API key> or s:<server id>), task id,
           link_post JSON-encoded ('' = not given), note
-Derived keys: the callers', t:<task>, fp:<folder>, f:<folder>, r:<request>, counters, fr:2:, fu:2/fb:2: (barrier).
+Derived keys: the callers', t:<task>, f:<folder>, r:<request>, counters, ft:, fr:2:, fu:2/fb:2: (barrier).
 Returns one reply per item: {"ok", server id} | an auth refusal | {"not_found"} | {"bad_state", status}
         | {"not_task_owner", status} | {"link_post_required", status}
 Events: one per completed task, plus one per task a barrier moves.
@@ -28,6 +28,7 @@ local offline_after = tonumber(ARGV[4])
 local RUNNING = {registering = true, connecting = true}
 local out, done = {}, {}
 defer_counts()
+defer_p1()
 for i = 5, #ARGV, 4 do
   local lp, note = ARGV[i + 2], ARGV[i + 3]
   local sid, t, refusal = held_task(ARGV[i], ARGV[i + 1], offline_after, RUNNING)
@@ -38,17 +39,17 @@ for i = 5, #ARGV, 4 do
     done[#done + 1] = t.id
     if t.st == 'registering' then
       set_status(t, 'profiled', sid, extra)
-      redis.call('ZADD', K .. 'fp:' .. t.fo, t.seq, t.id)
       leave_phase1(t.fo, sid)
     else
       set_status(t, 'completed', sid, extra)
       task_terminal(t)
     end
-    out[#out + 1] = {'ok', sid}
+    out[#out + 1] = ok_reply(sid)
   else
     out[#out + 1] = refusal
   end
 end
 if #done > 0 then redis.call('ZREM', KEYS[1], unpack(done)) end
+flush_p1()
 flush_counts()
 return out

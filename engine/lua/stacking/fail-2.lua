@@ -33,7 +33,7 @@ for i = 7, #ARGV, 4 do
   local sid, t, refusal = held_task(ARGV[i], ARGV[i + 1], offline_after, RUNNING)
   if sid then
     fail_task(t, ARGV[i + 2], sid, base, cap, ARGV[i + 3], later)
-    out[#out + 1] = {'ok', sid}
+    out[#out + 1] = ok_reply(sid)
   else
     out[#out + 1] = refusal
   end

@@ -7,7 +7,7 @@ removed before it is acted on and the status is re-checked, so running this
 twice, or two copies at once, acts once.
 KEYS[1] retry     zset task -> due ms (includes/retries.lua)
 ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] batch
-Derived keys: t:, f:, r:, fp:, fr:, fu:/fb:, counters, events.
+Derived keys: t:, f:, r:, ft:, fr:, fu:/fb:, counters, events.
 Returns {requeued, final_failed, remaining_due}
 Events: one per task moved (plus barrier moves).
 ]]

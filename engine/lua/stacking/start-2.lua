@@ -32,7 +32,7 @@ for i = 6, #ARGV, 2 do
     started[#started + 1] = t.id
     leases[#leases + 1] = NOW + run_ttl
     leases[#leases + 1] = t.id
-    out[#out + 1] = {'ok', sid}
+    out[#out + 1] = ok_reply(sid)
   else
     out[#out + 1] = refusal
   end

@@ -1,5 +1,5 @@
 -- lifecycle: the folder barrier, terminal bookkeeping and request status.
--- Needs the common include. Derived keys: f:<folder>, fp:<folder>, r:<request>,
+-- Needs the common include. Derived keys: f:<folder>, ft:<folder>, r:<request>,
 -- plus those of make_ready/set_status.
 
 -- `n` tasks of folder `fid` (request `rid`) reached completed/final_failed/cancel:
@@ -54,11 +54,19 @@ local function barrier(fid, actor)
   if redis.call('HINCRBY', rk, 'p1f', -1) == 0 and redis.call('HGET', rk, 'st') == 'register' then
     redis.call('HSET', rk, 'st', 'connecting')
   end
-  local ids = redis.call('ZRANGE', K .. 'fp:' .. fid, 0, -1)
-  if #ids == 0 then return end
-  redis.call('DEL', K .. 'fp:' .. fid)
+  -- The profiled tasks, in folder order: the folder's task list (ft:, import
+  -- order, which is seq order) filtered by status. No set of profiled tasks is
+  -- kept for this: it cost every phase-1 completion a ZADD, and the barrier
+  -- loads each task anyway; only tasks that failed or were cancelled are read
+  -- in vain.
   local tasks, lps = {}, {}
-  for i, tid in ipairs(ids) do tasks[i], lps[i] = load_task(tid, 'lp') end
+  for _, tid in ipairs(redis.call('LRANGE', K .. 'ft:' .. fid, 0, -1)) do
+    local t, lp = load_task(tid, 'lp')
+    if t and t.st == 'profiled' then
+      tasks[#tasks + 1], lps[#tasks + 1] = t, lp
+    end
+  end
+  if #tasks == 0 then return end
   if mode == 'disable' then
     for _, t in ipairs(tasks) do set_status(t, 'completed', actor) end
     tasks_terminal(fid, rid, #tasks)
@@ -73,9 +81,33 @@ local function barrier(fid, actor)
   make_ready_many(fid, 2, ready)
 end
 
+-- Deferred phase-1 counts, for a script that moves many tasks of few folders
+-- (complete-1): after defer_p1(), the first leave_phase1 of a folder reads its
+-- p1 once, the later ones count down in Lua, and flush_p1() writes each touched
+-- folder's count once. The barrier still fires at the very item that empties
+-- phase 1, so the items after it see it as they would alone; only this include
+-- reads or writes p1 inside a script.
+local P1 = nil
+
+local function defer_p1()
+  P1 = {}
+end
+
+local function flush_p1()
+  for fid, left in pairs(P1 or {}) do redis.call('HSET', K .. 'f:' .. fid, 'p1', left) end
+  P1 = nil
+end
+
 -- One task of the folder left phase 1 (profiled, final_failed or cancel).
 local function leave_phase1(fid, actor)
-  if redis.call('HINCRBY', K .. 'f:' .. fid, 'p1', -1) == 0 then
-    barrier(fid, actor)
+  local left
+  if P1 then
+    left = P1[fid]
+    if not left then left = tonumber(redis.call('HGET', K .. 'f:' .. fid, 'p1')) end
+    left = left - 1
+    P1[fid] = left
+  else
+    left = redis.call('HINCRBY', K .. 'f:' .. fid, 'p1', -1)
   end
+  if left == 0 then barrier(fid, actor) end
 end
