@@ -52,7 +52,7 @@ end
 
 local out = {'ok', sid}
 local need = limit
-local deadline = NOW + claim_ttl
+local deadline = string.format('%d', NOW + claim_ttl)  -- a string: a number is reformatted for every member
 local leases = {}
 
 -- Claim up to `need` tasks from the folders in `index`; bind them when `bind`.

@@ -30,7 +30,7 @@ local RUNNING = {registering = true, connecting = true}
 local out, later = {}, {runs = {}, retries = {}}
 defer_counts()
 for i = 7, #ARGV, 4 do
-  local sid, t, refusal = held_task(ARGV[i], ARGV[i + 1], offline_after, RUNNING)
+  local sid, t, refusal = held_task(ARGV[i], ARGV[i + 1], offline_after, RUNNING, true)
   if sid then
     fail_task(t, ARGV[i + 2], sid, base, cap, ARGV[i + 3], later)
     out[#out + 1] = ok_reply(sid)

@@ -62,7 +62,7 @@ for _ = 1, ngroups do
   for j = 1, n do
     local tid = ARGV[i + 4 + j]
     redis.call('HSET', K .. 't:' .. tid, 'st', 'register', 'seq', seq, 'fo', fid, 'req', rid,
-               'rc', 0, 'mr', mr, 'ca', NOW)
+               'rc', '0', 'mr', mr, 'ca', STAMP)
     emit(tid, '', 'register', 'import')
     ready[#ready + 1] = seq
     ready[#ready + 1] = tid

@@ -24,13 +24,14 @@ local offline_after, run_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 
 local STARTABLE = {register = true, connect = true}
 local out, started, leases = {}, {}, {}
+local deadline = string.format('%d', NOW + run_ttl)  -- a string: a number is reformatted for every member
 defer_counts()
 for i = 6, #ARGV, 2 do
   local sid, t, refusal = held_task(ARGV[i], ARGV[i + 1], offline_after, STARTABLE)
   if sid then
     set_status(t, t.st == 'register' and 'registering' or 'connecting', sid, {'started_at', STAMP})
     started[#started + 1] = t.id
-    leases[#leases + 1] = NOW + run_ttl
+    leases[#leases + 1] = deadline
     leases[#leases + 1] = t.id
     out[#out + 1] = ok_reply(sid)
   else

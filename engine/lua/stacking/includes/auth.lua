@@ -52,10 +52,12 @@ end
 -- single-caller script), when its status is one of `statuses` (a set). Needs
 -- common. Returns sid, task, or nil, nil and the refusal, checked in this
 -- order: the caller, the task exists, its status, the caller holds it.
-local function held_task(ckey, tid, offline_after, statuses)
+-- `full`: the task as load_task reads it (retry counts, seq); else load_held's.
+local function held_task(ckey, tid, offline_after, statuses, full)
   local sid, refusal = authenticate(ckey, true, offline_after)
   if not sid then return nil, nil, refusal end
-  local t = load_task(tid)
+  local t
+  if full then t = load_task(tid) else t = load_held(tid) end
   if not t then return nil, nil, {'not_found'} end
   if not statuses[t.st] then return nil, nil, {'bad_state', t.st} end
   if t.own ~= sid then return nil, nil, {'not_task_owner', t.st} end

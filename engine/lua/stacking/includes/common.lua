@@ -15,6 +15,9 @@ local TERMINAL = {completed = true, final_failed = true, cancel = true}
 
 -- The fields scripts decide on; nil when the task does not exist. `more`
 -- (optional): one more field, returned second (read by the same HMGET).
+-- Every field read costs a script about 2,000 instructions (the hash lookup,
+-- the reply, its Lua string), so the hot transitions read only what they use
+-- (load_held, and the barrier's own read).
 local function load_task(tid, more)
   local v
   if more then
@@ -25,6 +28,14 @@ local function load_task(tid, more)
   if not v[1] then return nil end
   return {id = tid, st = v[1], fo = v[2], req = v[3], asg = v[4] or '', own = v[5] or '',
           seq = v[6], rc = tonumber(v[7]) or 0, mr = tonumber(v[8]) or 0}, v[9]
+end
+
+-- What start and complete decide on: status, owner, and the names of the
+-- task's counters (folder, request, assigned server). No seq, rc or mr.
+local function load_held(tid)
+  local v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'fo', 'req', 'asg', 'own')
+  if not v[1] then return nil end
+  return {id = tid, st = v[1], fo = v[2], req = v[3], asg = v[4] or '', own = v[5] or ''}
 end
 
 -- The counter hashes that mirror a task's status: its folder's, its request's,

@@ -59,11 +59,19 @@ local function barrier(fid, actor)
   -- kept for this: it cost every phase-1 completion a ZADD, and the barrier
   -- loads each task anyway; only tasks that failed or were cancelled are read
   -- in vain.
+  -- Each read takes only what moving it needs (counters: its assigned server;
+  -- phase 2: its seq and link_post), not load_task's full set.
   local tasks, lps = {}, {}
   for _, tid in ipairs(redis.call('LRANGE', K .. 'ft:' .. fid, 0, -1)) do
-    local t, lp = load_task(tid, 'lp')
-    if t and t.st == 'profiled' then
-      tasks[#tasks + 1], lps[#tasks + 1] = t, lp
+    local v
+    if mode == 'disable' then
+      v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'asg')
+    else
+      v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'asg', 'seq', 'lp')
+    end
+    if v[1] == 'profiled' then
+      tasks[#tasks + 1] = {id = tid, st = 'profiled', fo = fid, req = rid, asg = v[2] or '', seq = v[3]}
+      lps[#tasks] = v[4]
     end
   end
   if #tasks == 0 then return end
