@@ -8,8 +8,9 @@ tasks/s of a whole lifecycle of ``--tasks`` tasks on three paths:
 
   a. engine  the engine's Python API, one caller: ``create_request`` (requests of
              at most 10,000 tasks, folders of 50, stacking_mode "disable"), then
-             ``claim(server, 1000)`` until empty and, for each task, ``start`` and
-             ``complete`` with a link_post. In mode "disable" completing phase 1
+             ``claim(server, 1000)`` until empty and each pulled batch started and
+             completed with a link_post (``start_many``, ``complete_many``: one round
+             trip each; ``--engine-calls`` for the other ways). In mode "disable" completing phase 1
              ends a task (``completed``, once its folder's barrier fires), so each
              task goes import -> claim -> start -> complete -> terminal.
   b. http    the same through one uvicorn web process (``taskhub web``): the
@@ -106,11 +107,13 @@ def expect_completed(eng: Engine, n: int) -> None:
 
 # ---- a. engine API -----------------------------------------------------------
 def engine_lifecycle(eng: Engine, sid: str, docs: list[dict], limit: int,
-                     batched: bool = True) -> tuple[int, float]:
+                     calls: str = "many") -> tuple[int, float]:
     """Import ``docs``, then claim/start/complete until empty; returns (tasks, import seconds).
 
-    ``batched``: each pulled batch is started, then completed, with ``Core.call_many``
-    (one round trip per batch, as a worker holding a batch would); else one call per task.
+    ``calls``: how each pulled batch is started, then completed (one round trip per
+    batch, as a worker holding a batch would): ``many``, ``start_many`` and
+    ``complete_many``; ``call_many``, one ``start_call``/``complete_call`` per task
+    through ``Core.call_many``; ``single``, one ``start`` and ``complete`` per task.
     """
     st = eng.stacking
     t0 = time.perf_counter()
@@ -125,26 +128,29 @@ def engine_lifecycle(eng: Engine, sid: str, docs: list[dict], limit: int,
         if not got:
             return done, import_s
         tids = [loads(raw)["id"] for raw in got]
-        if batched:
-            for results in (many([st.start_call(sid, t) for t in tids]),
-                            many([st.complete_call(sid, t, link_post(t)) for t in tids])):
-                failed = [r for ok, r in results if not ok]
-                if failed:
-                    raise RuntimeError(f"{len(failed)} calls refused, e.g. {failed[0]!r}")
-        else:
+        if calls == "single":
             for tid in tids:
                 start(sid, tid)
                 complete(sid, tid, link_post(tid))
+        else:
+            if calls == "many":
+                outcomes = (st.start_many(sid, tids), st.complete_many(sid, [(t, link_post(t)) for t in tids]))
+            else:
+                outcomes = (many([st.start_call(sid, t) for t in tids]),
+                            many([st.complete_call(sid, t, link_post(t)) for t in tids]))
+            for results in outcomes:
+                failed = [r for ok, r in results if not ok]
+                if failed:
+                    raise RuntimeError(f"{len(failed)} calls refused, e.g. {failed[0]!r}")
         done += len(got)
 
 
 def measure_engine(rs: RedisServer, a: argparse.Namespace, warm_docs: list[dict], docs: list[dict]) -> Run:
     eng = Engine(fresh(rs), Settings(namespace=f"bench-lc-{uuid.uuid4().hex[:8]}"))
     sid, _ = online_server(eng, "engine-1")
-    batched = a.engine_calls == "batched"
-    assert engine_lifecycle(eng, sid, warm_docs, a.limit, batched)[0] == a.warmup
+    assert engine_lifecycle(eng, sid, warm_docs, a.limit, a.engine_calls)[0] == a.warmup
     t0 = time.perf_counter()
-    done, import_s = engine_lifecycle(eng, sid, docs, a.limit, batched)
+    done, import_s = engine_lifecycle(eng, sid, docs, a.limit, a.engine_calls)
     total = time.perf_counter() - t0
     assert done == a.tasks, (done, a.tasks)
     expect_completed(eng, a.warmup + a.tasks)
@@ -310,8 +316,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="uvicorn --loop (default uvloop when importable, else asyncio)")
     p.add_argument("--access-log", choices=("0", "1"), default=None,
                    help="TASKHUB_ACCESS_LOG for the web process (default: unset, the app's default)")
-    p.add_argument("--engine-calls", choices=("batched", "single"), default="batched",
-                   help="path a: start/complete each pulled batch with Core.call_many (default), or one call per task")
+    p.add_argument("--engine-calls", choices=("many", "call_many", "single"), default="many",
+                   help="path a: start/complete each pulled batch with start_many/complete_many (default), "
+                        "with one start_call/complete_call per task through Core.call_many, or one call per task")
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"), help="markdown file to update ('' to skip)")
     a = p.parse_args(argv)
     a.rq_jobs = a.rq_jobs or a.tasks
@@ -356,9 +363,10 @@ def main(argv: list[str] | None = None) -> int:
              for k, v in runs.items()}
     rq = med["rq"]
     labels = {
-        "engine": ("a. engine API (`create_request`, `claim`, then " + (
-            "`start_call`/`complete_call` per pulled batch via `Core.call_many`" if a.engine_calls == "batched"
-            else "`start`, `complete` per task") + "), one caller"),
+        "engine": ("a. engine API (`create_request`, `claim`, then " + {
+            "many": "`start_many`, `complete_many` per pulled batch",
+            "call_many": "`start_call`/`complete_call` per pulled batch via `Core.call_many`",
+            "single": "`start`, `complete` per task"}[a.engine_calls] + "), one caller"),
         "http": f"b. HTTP, one uvicorn process, {a.clients} clients (admin import, pull, start, complete)",
         "rq": "c. RQ: `enqueue_many` + `SimpleWorker.work(burst=True)`, no-op jobs",
     }

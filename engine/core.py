@@ -7,13 +7,13 @@ which the shared Lua includes rely on.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import redis
 
 from .config import Settings
 from .keys import Keys
-from .calls import Call, Rounds, Script, run_batch
+from .calls import MAX_ITEMS, Call, Rounds, Script, run_batch
 from .scripts import ScriptSet
 
 
@@ -47,6 +47,34 @@ class Core:
         return Script(verb, keys, (self.keys.prefix, self.now(), self.settings.events_maxlen, *shared, *item),
                       each=len(item))
 
+    def call_items(self, verb: str, keys: Sequence[str], shared: Sequence[Any], items: Sequence[Sequence[Any]],
+                   finish: Callable[[list], Any]) -> list[tuple[bool, Any]]:
+        """Many items of one item script, in one round trip: per item ``(True, finish([reply]))``
+        or ``(False, error)``, in order.
+
+        What ``call_many`` of one ``items(...)`` call per item gives (the same
+        script calls of at most MAX_ITEMS items, the same outcomes), without
+        building a Call per item and merging them again: for a worker's pulled
+        batch that is most of the Python a transition costs (BENCHMARKS.md,
+        Lifecycle). A script call that fails whole (an error reply) fails each
+        of its items with that error.
+        """
+        head = (self.keys.prefix, self.now(), self.settings.events_maxlen, *shared)
+        chunks = [items[i:i + MAX_ITEMS] for i in range(0, len(items), MAX_ITEMS)]
+        calls = [Call((Script(verb, keys, head + tuple(a for item in chunk for a in item)),), _only_reply)
+                 for chunk in chunks]
+        out: list[tuple[bool, Any]] = []
+        for chunk, (ok, replies) in zip(chunks, run_batch(self.r, self.scripts, calls) if calls else []):
+            if not ok:
+                out.extend((False, replies) for _ in chunk)
+                continue
+            for reply in replies:
+                try:
+                    out.append((True, finish([reply])))
+                except Exception as exc:  # noqa: BLE001 - this item's outcome, handed to the caller
+                    out.append((False, exc))
+        return out
+
     def call(self, call: Call) -> Any:
         """Run one ``Call`` now, in one round trip; returns its result or raises its error."""
         ok, result = run_batch(self.r, self.scripts, [call])[0]
@@ -70,3 +98,7 @@ class Core:
         """
         s = self.settings
         return self.scripts.run(verb, keys, [self.keys.prefix, self.now(), s.events_maxlen, *args], client=client)
+
+
+def _only_reply(replies: list) -> Any:
+    return replies[0]

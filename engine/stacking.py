@@ -28,7 +28,7 @@ import html
 import re
 import uuid
 from functools import lru_cache
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import orjson
 
@@ -462,29 +462,88 @@ class Stacking:
         return self.core.call(self.complete_call(who, task_id, link_post, note))
 
     def complete_call(self, who: Who, task_id: str, link_post: Any = None, note: Any = None) -> Call:
+        encoded, text = self._complete_args(who, link_post, note)
+        core = self.shard_of_task(task_id)
+        return Call([core.items("complete", [core.keys.run_leases], (self.s.server_offline_after_ms,),
+                                (caller_key(core, who), task_id, encoded, text))], _server_id)
+
+    def _complete_args(self, who: Who, link_post: Any, note: Any) -> tuple[bytes, str]:
         def check() -> tuple[bytes, str]:
             lp = orjson.dumps(_https_url(link_post, "link_post")) if link_post not in (None, "") else b""
             return lp, _text(note, "note", limit=MAX_MESSAGE * 10)
 
-        encoded, text = auth_first(self.core, who, check)
-        core = self.shard_of_task(task_id)
-        return Call([core.items("complete", [core.keys.run_leases], (self.s.server_offline_after_ms,),
-                                (caller_key(core, who), task_id, encoded, text))], _server_id)
+        return auth_first(self.core, who, check)
 
     def fail(self, who: Who, task_id: str, error_message: Any, note: Any = None) -> str:
         """registering -> profile_failed, connecting -> connect_failed; returns the server id."""
         return self.core.call(self.fail_call(who, task_id, error_message, note))
 
     def fail_call(self, who: Who, task_id: str, error_message: Any, note: Any = None) -> Call:
+        message, text = self._fail_args(who, error_message, note)
+        core = self.shard_of_task(task_id)
+        return Call([core.items("fail", self._fail_keys(core), self._fail_shared(),
+                                (caller_key(core, who), task_id, message, text))], _server_id)
+
+    def _fail_args(self, who: Who, error_message: Any, note: Any) -> tuple[str, str]:
         def check() -> tuple[str, str]:
             return (_text(error_message, "error_message", limit=MAX_MESSAGE, required=True),
                     _text(note, "note", limit=MAX_MESSAGE * 10))
 
-        message, text = auth_first(self.core, who, check)
-        core = self.shard_of_task(task_id)
-        k, s = core.keys, self.s
-        return Call([core.items("fail", [k.run_leases, k.retries], (s.server_offline_after_ms, s.retry_base_ms,
-                                s.retry_cap_ms), (caller_key(core, who), task_id, message, text))], _server_id)
+        return auth_first(self.core, who, check)
+
+    def _fail_keys(self, core: Core) -> tuple[str, str]:
+        return core.keys.run_leases, core.keys.retries
+
+    def _fail_shared(self) -> tuple[int, int, int]:
+        return self.s.server_offline_after_ms, self.s.retry_base_ms, self.s.retry_cap_ms
+
+    # ---- batches: what a worker holding a pulled batch sends ----------------------
+    def start_many(self, who: Who, task_ids: Sequence[str]) -> list[tuple[bool, Any]]:
+        """``start`` of each task, in one round trip (per shard): ``(True, server id)`` or
+        ``(False, the error start would raise)`` per task, in order. Outcomes are exactly
+        those of one ``start`` per task in that order (one script call carries up to
+        1,000 of them, each checked on its own)."""
+        return self._many("start", who, [(tid, ()) for tid in task_ids],
+                          lambda c: (c.keys.claim_leases, c.keys.run_leases),
+                          (self.s.server_offline_after_ms, self.s.run_ttl_ms))
+
+    def complete_many(self, who: Who, items: Sequence[tuple]) -> list[tuple[bool, Any]]:
+        """``complete`` of each ``(task_id, link_post)`` or ``(task_id, link_post, note)``, as
+        ``start_many`` does it. An item whose input is invalid fails alone, as ``complete``
+        would (an HTTP caller's authentication failure first), and is not sent."""
+        return self._many("complete", who, _checked(who, items, self._complete_args), lambda c: (c.keys.run_leases,),
+                          (self.s.server_offline_after_ms,))
+
+    def fail_many(self, who: Who, items: Sequence[tuple]) -> list[tuple[bool, Any]]:
+        """``fail`` of each ``(task_id, error_message)`` or ``(task_id, error_message, note)``,
+        as ``complete_many`` does it."""
+        return self._many("fail", who, _checked(who, items, self._fail_args), self._fail_keys, self._fail_shared())
+
+    def _many(self, verb: str, who: Who, rows: list, keys: Callable[[Core], Sequence[str]],
+              shared: Sequence[Any]) -> list[tuple[bool, Any]]:
+        """``rows``: per task ``(task_id, its other item args)``, or the error its input raised.
+        Items go to their task's shard, each shard's in one ``Core.call_items``."""
+        out: list[Any] = [None] * len(rows)
+        groups: dict[int, tuple[Core, list[int], list[tuple]]] = {}
+        for i, row in enumerate(rows):
+            if isinstance(row, Exception):
+                out[i] = (False, row)
+                continue
+            core = self.shard_of_task(row[0])
+            groups.setdefault(id(core), (core, [], []))
+            groups[id(core)][1].append(i)
+            groups[id(core)][2].append(row)
+        for core, idx, group in groups.values():
+            try:
+                ck = caller_key(core, who)
+            except Exception as exc:  # noqa: BLE001 - an empty API key: every item's outcome
+                results: list[tuple[bool, Any]] = [(False, exc)] * len(idx)
+            else:
+                results = core.call_items(verb, keys(core), shared, [(ck, tid, *rest) for tid, rest in group],
+                                          _server_id)
+            for i, result in zip(idx, results):
+                out[i] = result
+        return out
 
     def connect_status(self, who: Who, folder_id: str) -> dict:
         """The seed's connect-status body for the caller's tasks of one folder (O(1))."""
@@ -588,6 +647,18 @@ def new_task_id(shard: int | None = None) -> str:
     hex digits (122 random bits become 114: still unguessable and unique)."""
     tid = str(uuid.uuid4())
     return tid if shard is None else f"{tid[:-2]}{shard:02x}"
+
+
+def _checked(who: Who, items: Sequence[tuple], check: Callable[[Who, Any, Any], tuple]) -> list:
+    """Rows for ``Stacking._many`` from ``(task_id, value)`` or ``(task_id, value, note)`` items:
+    ``(task_id, check(who, value, note))``, or the error ``check`` raised for that item."""
+    rows: list = []
+    for task_id, value, *rest in items:
+        try:
+            rows.append((task_id, check(who, value, rest[0] if rest else None)))
+        except Exception as exc:  # noqa: BLE001 - this item's outcome
+            rows.append(exc)
+    return rows
 
 
 def _server_id(replies: list) -> str:

@@ -141,3 +141,63 @@ def test_error_replies_of_plain_commands_are_each_calls_own(engine):
     results = engine.core.call_many([Call([Command(("HGET", k, "st"))], list), Call([Command(("GET", k))], list)])
     assert not results[0][0] and "WRONGTYPE" in str(results[0][1])
     assert results[1] == (True, [b"a string"])
+
+
+def _count_sent(engine, monkeypatch) -> Counter:
+    sent: Counter = Counter()
+    real_sha = type(engine.core.scripts).sha
+    monkeypatch.setattr(type(engine.core.scripts), "sha",
+                        lambda self, verb, n: sent.update([verb]) or real_sha(self, verb, n))
+    return sent
+
+
+def test_start_many_gives_each_task_what_start_alone_gives(engine, monkeypatch):
+    import engine.core as core_module
+    from engine.servers import ApiKey
+
+    a, key_a = online_server(engine, "a")
+    b, _ = online_server(engine, "b")
+    engine.stacking.create_request(request_doc(folders=2, tasks=3))
+    st = engine.stacking
+    mine, theirs = ids(st.claim(a.id, 3)), ids(st.claim(b.id, 3))
+    monkeypatch.setattr(core_module, "MAX_ITEMS", 2)  # 6 items: 3 script calls per shard
+    sent = _count_sent(engine, monkeypatch)
+    results = st.start_many(ApiKey(key_a), [mine[0], mine[1], theirs[0], mine[0], "nope", mine[2]])
+    assert [ok for ok, _ in results] == [True, True, False, False, False, True]
+    assert {r for ok, r in results if ok} == {a.id}
+    assert [type(r) for ok, r in results if not ok] == [NotTaskOwner, Conflict, NotFound]
+    shards = {st.shard_of_task(t).keys.prefix for t in mine + [theirs[0], "nope"]}
+    assert sent["start"] >= 3 and (len(shards) > 1 or sent["start"] == 3)
+    assert [st.task_state(t)["status"] for t in mine] == ["registering"] * 3
+    assert st.task_state(theirs[0])["status"] == "register"
+    assert all(not ok and isinstance(r, InvalidKey) for ok, r in st.start_many(ApiKey(""), mine[:2]))
+    assert all(not ok and isinstance(r, InvalidKey) for ok, r in st.start_many(ApiKey("thk_unknown"), theirs))
+    assert st.start_many(a.id, []) == []
+
+
+def test_complete_many_and_fail_many_end_as_single_calls_do(engine):
+    from engine.errors import InvalidInput
+    from engine.servers import ApiKey
+
+    caller, key = online_server(engine)
+    st = engine.stacking
+    st.create_request(request_doc(folders=2, tasks=4, mode="disable"))
+    tids = ids(st.claim(caller.id, 8))
+    assert all(ok for ok, _ in st.start_many(caller.id, tids))
+    done, failed = tids[:6], tids[6:]
+    results = st.complete_many(ApiKey(key), [(t, f"https://drive.google.com/{t}", "ok") for t in done[:5]]
+                               + [(done[5], "not a url"), (done[5], None), (done[0], "https://drive.google.com/x")])
+    assert [ok for ok, _ in results] == [True] * 5 + [False] * 3
+    assert [type(r) for _, r in results[5:]] == [InvalidInput, InvalidInput, Conflict]
+    assert st.task_state(done[5])["status"] == "registering"  # refused items changed nothing
+    # an unknown key: its authentication failure wins over the invalid input, as complete() orders them
+    [(ok, err)] = st.complete_many(ApiKey("thk_unknown"), [(done[5], "not a url")])
+    assert not ok and isinstance(err, InvalidKey)
+    results = st.fail_many(caller.id, [(failed[0], "boom", "note"), (failed[1], ""), (done[5], "boom")])
+    assert [ok for ok, _ in results] == [True, False, True] and isinstance(results[1][1], InvalidInput)
+    assert st.task_state(failed[0])["status"] == "profile_failed"
+    assert st.task_state(failed[0])["error_message"] == "boom"
+    assert st.task_state(failed[1])["status"] == "registering"
+    # disable mode: the first folder's four completes fired its barrier; the second's waits on failed[1]
+    assert {k: v for k, v in st.stats().items() if v} == {"completed": 4, "profiled": 1, "profile_failed": 2,
+                                                         "registering": 1}
