@@ -189,6 +189,38 @@ def _execute(client: Any, scripts: ScriptSet, calls: Sequence[Call]) -> list[lis
 _PLAIN_CONNECTIONS = (Connection, UnixDomainSocketConnection, SSLConnection)
 
 
+def run_transaction(client: Any, scripts: ScriptSet, commands: Sequence[Script | Command]) -> list:
+    """``commands`` in one MULTI/EXEC, one round trip, on a plain client (a cluster node's own
+    client, for keys of one slot); returns EXEC's replies, or raises the first error reply.
+
+    Unlike redis-py's transaction pipeline with a script in it, no SCRIPT EXISTS
+    round trip first. The price: a script Redis lost (NOSCRIPT) fails inside
+    EXEC after the commands before it ran. Then every script is loaded and the
+    transaction sent once more, so its commands must be safe to apply twice (an
+    import's HSET of bodies writes the same values again). A MULTI Redis
+    refused whole (EXECABORT, nothing ran) raises, as do connection errors.
+    """
+    wire = Plan([Call(commands, list)]).wire(scripts)
+    for attempt in range(2):
+        if client.connection_pool.connection_class in _PLAIN_CONNECTIONS:
+            replies = _execute_plain(client, [("MULTI",), *wire, ("EXEC",)])[-1]
+        else:  # fakeredis: redis-py's transaction pipeline, EVALSHA by hand
+            pipe = client.pipeline(transaction=True)
+            for args in wire:
+                pipe.execute_command(*args)
+            replies = pipe.execute(raise_on_error=False)
+        if isinstance(replies, Exception):
+            raise replies
+        if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+            scripts.load_all()
+            continue
+        break
+    error = next((r for r in replies if isinstance(r, Exception)), None)
+    if error is not None:
+        raise error
+    return replies
+
+
 def _execute_plain(client: Any, wire: list[tuple]) -> list:
     """``wire`` as one pipeline on one pooled connection; a reply per command (an error reply
     as its exception).

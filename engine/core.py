@@ -13,7 +13,7 @@ import redis
 
 from .config import Settings
 from .keys import Keys
-from .calls import MAX_ITEMS, Call, Rounds, Script, run_batch
+from .calls import MAX_ITEMS, Call, Command, Rounds, Script, run_batch, run_transaction
 from .scripts import ScriptSet
 
 
@@ -74,6 +74,11 @@ class Core:
                 except Exception as exc:  # noqa: BLE001 - this item's outcome, handed to the caller
                     out.append((False, exc))
         return out
+
+    def transaction(self, commands: Sequence[Script | Command]) -> list:
+        """``commands`` (keys of this core's shard only) in one MULTI/EXEC, one round trip;
+        EXEC's replies. See ``calls.run_transaction`` for what a lost script costs."""
+        return run_transaction(self.node(), self.scripts, commands)
 
     def call(self, call: Call) -> Any:
         """Run one ``Call`` now, in one round trip; returns its result or raises its error."""

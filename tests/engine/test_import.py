@@ -204,3 +204,41 @@ def test_cancel_is_refused_while_an_import_is_being_rolled_back(engine, small_ch
     while core.r.exists(k.request(rid)):  # anyone may carry the abort on
         core.run("import_abort", [k.request(rid)], "", 2, 0)
     assert core.r.hlen(k.bodies) == 0 and engine.stacking.stats().get("register", 0) == 0
+
+
+def test_a_script_cache_lost_between_chunks_costs_a_resend_not_the_import(engine, small_chunks, monkeypatch):
+    """Each chunk is one MULTI (bodies, then import_tasks by SHA) without a SCRIPT EXISTS
+    first: when Redis lost its scripts, EXEC answers NOSCRIPT after the bodies were
+    written; the scripts are loaded and the chunk sent once more (rewriting the same
+    bodies), so every task is stored exactly once."""
+    caller, _ = online_server(engine)
+    real_chunks = engine.stacking._chunks
+
+    def chunks_with_flushes(*args, **kwargs):
+        for chunk in real_chunks(*args, **kwargs):
+            engine.core.r.script_flush()
+            yield chunk
+
+    monkeypatch.setattr(engine.stacking, "_chunks", chunks_with_flushes)
+    created = engine.stacking.create_request(request_doc(folders=3, tasks=5))
+    assert created["tasks"] == 15 and engine.stacking.stats() == {"register": 15}
+    assert _bodies(engine) == 15
+    got = ids(engine.stacking.claim(caller.id, 15))
+    assert len(set(got)) == 15
+    core = _core(engine, created["request_id"])
+    imported = [e for _, e in core.r.xrange(core.keys.events) if e[b"to"] == b"register"]
+    assert sorted(e[b"task"].decode() for e in imported) == sorted(got)  # one event per task: nothing ran twice
+
+
+def test_task_ids_are_random_version_4_uuids_with_the_shard_in_the_last_two_hex_digits():
+    import uuid
+
+    made = stacking_module.new_task_ids(5000)
+    assert len(set(made)) == 5000
+    for tid in made:
+        u = uuid.UUID(tid)
+        assert (u.version, u.variant, str(u)) == (4, uuid.RFC_4122, tid)
+    sharded = stacking_module.new_task_ids(50, 0x2A)
+    assert all(t.endswith("2a") and uuid.UUID(t).version == 4 for t in sharded)
+    assert len({t[:-2] for t in sharded}) == 50
+    assert stacking_module.new_task_id(7).endswith("07")
