@@ -374,6 +374,16 @@ def test_health_records_metrics_and_returns_ok_with_server_time_in_utc(engine, c
 def test_health_accepts_an_empty_body(client, worker, content):
     assert client.post(HEALTH, headers=worker[1], content=content).status_code == 200
 
+def test_server_time_is_what_datetime_isoformat_gives_for_any_millisecond():
+    import random
+
+    from engine.service import iso_ms
+
+    rng = random.Random(5)
+    for ms in [0, 999, 1000, 1_764_979_200_999, *(rng.randrange(0, 4_102_444_800_000) for _ in range(5000))]:
+        expected = datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="milliseconds")
+        assert iso_ms(ms) == expected.replace("+00:00", "Z"), ms
+
 
 def test_health_works_for_any_service(engine, client):
     key = engine.servers.create("dev", ["device"])["api_key"]
