@@ -176,14 +176,24 @@ def _execute(client: Any, scripts: ScriptSet, calls: Sequence[Call]) -> list[lis
     plan = Plan(calls)
     if isinstance(client, RedisCluster):
         flat = _execute_on_cluster(client, scripts, plan.commands)
-    elif client.connection_pool.connection_class in _PLAIN_CONNECTIONS:
-        flat = _execute_plain(client, plan.wire(scripts))
-    else:  # fakeredis and other connection kinds: redis-py's own pipeline
-        pipe = client.pipeline(transaction=False)
-        for args in plan.wire(scripts):
-            pipe.execute_command(*args)
-        flat = pipe.execute(raise_on_error=False)
+    else:
+        flat = _send(client, plan.wire(scripts))
     return plan.replies(flat)
+
+
+def _send(client: Any, wire: list[tuple], transaction: bool = False) -> Any:
+    """``wire`` in one round trip on a plain client: its replies (an error reply as its
+    exception), or with ``transaction`` EXEC's reply (a list, or EXECABORT's exception).
+    A plain connection goes through ``_execute_plain``; fakeredis and other kinds
+    through redis-py's own pipeline."""
+    if client.connection_pool.connection_class in _PLAIN_CONNECTIONS:
+        if not transaction:
+            return _execute_plain(client, wire)
+        return _execute_plain(client, [("MULTI",), *wire, ("EXEC",)])[-1]
+    pipe = client.pipeline(transaction=transaction)
+    for args in wire:
+        pipe.execute_command(*args)
+    return pipe.execute(raise_on_error=False)
 
 
 _PLAIN_CONNECTIONS = (Connection, UnixDomainSocketConnection, SSLConnection)
@@ -202,13 +212,7 @@ def run_transaction(client: Any, scripts: ScriptSet, commands: Sequence[Script |
     """
     wire = Plan([Call(commands, list)]).wire(scripts)
     for attempt in range(2):
-        if client.connection_pool.connection_class in _PLAIN_CONNECTIONS:
-            replies = _execute_plain(client, [("MULTI",), *wire, ("EXEC",)])[-1]
-        else:  # fakeredis: redis-py's transaction pipeline, EVALSHA by hand
-            pipe = client.pipeline(transaction=True)
-            for args in wire:
-                pipe.execute_command(*args)
-            replies = pipe.execute(raise_on_error=False)
+        replies = _send(client, wire, transaction=True)
         if isinstance(replies, Exception):
             raise replies
         if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):

@@ -39,13 +39,12 @@ class Core:
 
     def script(self, verb: str, keys: Sequence[str], *args: Any) -> Script:
         """A script command for a ``Call``, with the standard leading ARGV: prefix, now, events cap."""
-        return Script(verb, keys, (self.keys.prefix, self.now(), self.settings.events_maxlen, *args))
+        return Script(verb, keys, self._argv(*args))
 
     def items(self, verb: str, keys: Sequence[str], shared: Sequence[Any], item: Sequence[Any]) -> Script:
         """A command of a script that takes items (``Script.each``): ``shared`` args after the
         standard ones, then this call's ``item``. Commands alike in a batch share one script call."""
-        return Script(verb, keys, (self.keys.prefix, self.now(), self.settings.events_maxlen, *shared, *item),
-                      each=len(item))
+        return Script(verb, keys, self._argv(*shared, *item), each=len(item))
 
     def call_items(self, verb: str, keys: Sequence[str], shared: Sequence[Any], items: Sequence[Sequence[Any]],
                    finish: Callable[[list], Any]) -> list[tuple[bool, Any]]:
@@ -59,7 +58,7 @@ class Core:
         Lifecycle). A script call that fails whole (an error reply) fails each
         of its items with that error.
         """
-        head = (self.keys.prefix, self.now(), self.settings.events_maxlen, *shared)
+        head = self._argv(*shared)
         chunks = [items[i:i + MAX_ITEMS] for i in range(0, len(items), MAX_ITEMS)]
         calls = [Call((Script(verb, keys, head + tuple(a for item in chunk for a in item)),), _only_reply)
                  for chunk in chunks]
@@ -101,8 +100,11 @@ class Core:
 
         ``client`` may be a pipeline, to run the script inside a MULTI.
         """
-        s = self.settings
-        return self.scripts.run(verb, keys, [self.keys.prefix, self.now(), s.events_maxlen, *args], client=client)
+        return self.scripts.run(verb, keys, self._argv(*args), client=client)
+
+    def _argv(self, *args: Any) -> tuple:
+        """The standard leading ARGV every script expects (prefix, now ms, events cap), then ``args``."""
+        return (self.keys.prefix, self.now(), self.settings.events_maxlen, *args)
 
 
 def _only_reply(replies: list) -> Any:

@@ -460,20 +460,14 @@ class Stacking:
         return self.core.call(self.start_call(who, task_id))
 
     def start_call(self, who: Who, task_id: str) -> Call:
-        core = self.shard_of_task(task_id)
-        k = core.keys
-        return Call([core.items("start", [k.claim_leases, k.run_leases], (self.s.server_offline_after_ms,
-                                self.s.run_ttl_ms), (caller_key(core, who), task_id))], _server_id)
+        return self._item_call("start", who, task_id, ())
 
     def complete(self, who: Who, task_id: str, link_post: Any = None, note: Any = None) -> str:
         """registering -> profiled (link_post required), connecting -> completed; returns the server id."""
         return self.core.call(self.complete_call(who, task_id, link_post, note))
 
     def complete_call(self, who: Who, task_id: str, link_post: Any = None, note: Any = None) -> Call:
-        encoded, text = self._complete_args(who, link_post, note)
-        core = self.shard_of_task(task_id)
-        return Call([core.items("complete", [core.keys.run_leases], (self.s.server_offline_after_ms,),
-                                (caller_key(core, who), task_id, encoded, text))], _server_id)
+        return self._item_call("complete", who, task_id, self._complete_args(who, link_post, note))
 
     def _complete_args(self, who: Who, link_post: Any, note: Any) -> tuple[bytes, str]:
         def check() -> tuple[bytes, str]:
@@ -487,10 +481,7 @@ class Stacking:
         return self.core.call(self.fail_call(who, task_id, error_message, note))
 
     def fail_call(self, who: Who, task_id: str, error_message: Any, note: Any = None) -> Call:
-        message, text = self._fail_args(who, error_message, note)
-        core = self.shard_of_task(task_id)
-        return Call([core.items("fail", self._fail_keys(core), self._fail_shared(),
-                                (caller_key(core, who), task_id, message, text))], _server_id)
+        return self._item_call("fail", who, task_id, self._fail_args(who, error_message, note))
 
     def _fail_args(self, who: Who, error_message: Any, note: Any) -> tuple[str, str]:
         def check() -> tuple[str, str]:
@@ -499,11 +490,21 @@ class Stacking:
 
         return auth_first(self.core, who, check)
 
-    def _fail_keys(self, core: Core) -> tuple[str, str]:
-        return core.keys.run_leases, core.keys.retries
+    def _item_script(self, verb: str, core: Core) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """The KEYS and the shared ARGV of item script ``verb`` (start-2, complete-1, fail-2) on
+        ``core``'s shard: one definition for the single calls and the batches."""
+        k, s = core.keys, self.s
+        if verb == "start":
+            return (k.claim_leases, k.run_leases), (s.server_offline_after_ms, s.run_ttl_ms)
+        if verb == "complete":
+            return (k.run_leases,), (s.server_offline_after_ms,)
+        return (k.run_leases, k.retries), (s.server_offline_after_ms, s.retry_base_ms, s.retry_cap_ms)
 
-    def _fail_shared(self) -> tuple[int, int, int]:
-        return self.s.server_offline_after_ms, self.s.retry_base_ms, self.s.retry_cap_ms
+    def _item_call(self, verb: str, who: Who, task_id: str, rest: tuple) -> Call:
+        """One task's start/complete/fail as a ``Call``: its item is (caller, task id, *rest)."""
+        core = self.shard_of_task(task_id)
+        keys, shared = self._item_script(verb, core)
+        return Call([core.items(verb, keys, shared, (caller_key(core, who), task_id, *rest))], _server_id)
 
     # ---- batches: what a worker holding a pulled batch sends ----------------------
     def start_many(self, who: Who, task_ids: Sequence[str]) -> list[tuple[bool, Any]]:
@@ -511,24 +512,20 @@ class Stacking:
         ``(False, the error start would raise)`` per task, in order. Outcomes are exactly
         those of one ``start`` per task in that order (one script call carries up to
         1,000 of them, each checked on its own)."""
-        return self._many("start", who, [(tid, ()) for tid in task_ids],
-                          lambda c: (c.keys.claim_leases, c.keys.run_leases),
-                          (self.s.server_offline_after_ms, self.s.run_ttl_ms))
+        return self._many("start", who, [(tid, ()) for tid in task_ids])
 
     def complete_many(self, who: Who, items: Sequence[tuple]) -> list[tuple[bool, Any]]:
         """``complete`` of each ``(task_id, link_post)`` or ``(task_id, link_post, note)``, as
         ``start_many`` does it. An item whose input is invalid fails alone, as ``complete``
         would (an HTTP caller's authentication failure first), and is not sent."""
-        return self._many("complete", who, _checked(who, items, self._complete_args), lambda c: (c.keys.run_leases,),
-                          (self.s.server_offline_after_ms,))
+        return self._many("complete", who, _checked(who, items, self._complete_args))
 
     def fail_many(self, who: Who, items: Sequence[tuple]) -> list[tuple[bool, Any]]:
         """``fail`` of each ``(task_id, error_message)`` or ``(task_id, error_message, note)``,
         as ``complete_many`` does it."""
-        return self._many("fail", who, _checked(who, items, self._fail_args), self._fail_keys, self._fail_shared())
+        return self._many("fail", who, _checked(who, items, self._fail_args))
 
-    def _many(self, verb: str, who: Who, rows: list, keys: Callable[[Core], Sequence[str]],
-              shared: Sequence[Any]) -> list[tuple[bool, Any]]:
+    def _many(self, verb: str, who: Who, rows: list) -> list[tuple[bool, Any]]:
         """``rows``: per task ``(task_id, its other item args)``, or the error its input raised.
         Items go to their task's shard, each shard's in one ``Core.call_items``."""
         out: list[Any] = [None] * len(rows)
@@ -547,8 +544,8 @@ class Stacking:
             except Exception as exc:  # noqa: BLE001 - an empty API key: every item's outcome
                 results: list[tuple[bool, Any]] = [(False, exc)] * len(idx)
             else:
-                results = core.call_items(verb, keys(core), shared, [(ck, tid, *rest) for tid, rest in group],
-                                          _server_id)
+                keys, shared = self._item_script(verb, core)
+                results = core.call_items(verb, keys, shared, [(ck, tid, *rest) for tid, rest in group], _server_id)
             for i, result in zip(idx, results):
                 out[i] = result
         return out
