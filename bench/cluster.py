@@ -45,7 +45,7 @@ from bench.common import command_line, free_port, online_server, task_body, writ
 import redis  # noqa: E402
 
 from engine import Engine, Settings  # noqa: E402
-from engine.connection import connect, redis_server_binary  # noqa: E402
+from engine.connection import connect, redis_server_binary, tuning_args  # noqa: E402
 from tests.cluster import LocalCluster  # noqa: E402
 
 SECTION = "## Cluster claim throughput"
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="taskhub-bench-plain-")
     plain = subprocess.Popen([redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", tmp], stdout=subprocess.DEVNULL)
+                              "--appendonly", "no", "--dir", tmp, *tuning_args()], stdout=subprocess.DEVNULL)
     try:
         for _ in range(200):
             try:

@@ -36,7 +36,7 @@ except ImportError:  # a bare `python` without the project's deps: rerun the scr
     raise
 
 from engine import Engine, Settings  # noqa: E402
-from engine.connection import redis_server_binary  # noqa: E402
+from engine.connection import redis_server_binary, tuning_args  # noqa: E402
 
 FOLDER_SIZE = 50
 REQUEST_MAX = 10_000
@@ -117,7 +117,8 @@ class RedisServer:
         self.sock = self.dir / "redis.sock"
         self.proc = subprocess.Popen(
             [redis_server_binary(), "--port", "0", "--unixsocket", str(self.sock), "--unixsocketperm", "700",
-             "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
+             "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"),
+             *tuning_args()],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10

@@ -59,6 +59,30 @@ FSYNC_POLICIES = ("always", "everysec")
 # to wait for the previous server's final save.
 DEFAULT_START_TIMEOUT_S = 300.0
 
+# Memory and CPU tuning every server taskhub starts gets (the embedded one, the
+# benches', the tests' real one), as (directive, value) pairs. Redis keeps a
+# hash compact (ziplist in 6.2, listpack in 7) only while every value is at
+# most ``hash-max-ziplist-value`` bytes, 64 by default; past that it converts
+# the hash to a hashtable at once. A stacking task's link_post (a Drive URL,
+# ~75 bytes as stored JSON), its connect_links and an error message all exceed
+# 64, so with the default every task converted on its phase-1 complete: about
+# 14% of that script's instructions for the conversion alone, and several
+# times the memory for the rest of the task's life (BENCHMARKS.md, "Redis
+# instructions per task" and "Memory"). 1024 keeps such tasks compact; a
+# listpack of some twenty fields and a few KB is still read and written
+# faster than it is sent. With values that large the entry limit matters
+# more: a compact hash is searched entry by entry, so it is held to 128 entries
+# (Redis 7's default; 6.2's is 512): a folder's or a shard's big hashes (the
+# task bodies) become hashtables early instead of being scanned 512 deep.
+# Redis 7 takes the old names as aliases. For a Redis of your own
+# (``REDIS_URL``) set the same in its config (README).
+SERVER_TUNING = (("hash-max-ziplist-entries", "128"), ("hash-max-ziplist-value", "1024"))
+
+
+def tuning_args() -> list[str]:
+    """SERVER_TUNING as redis-server command-line arguments."""
+    return [arg for name, value in SERVER_TUNING for arg in (f"--{name}", value)]
+
 
 class EmbeddedRedisError(RuntimeError):
     """The embedded Redis cannot be used; the message says why and what to do."""
@@ -145,6 +169,7 @@ def server_config(directory: Path, fsync: str = "everysec") -> str:
             "daemonize no",
             f"logfile {directory / LOG_NAME}",
             'proc-title-template "{title} {listen-addr} {config-file}"',
+            *(f"{name} {value}" for name, value in SERVER_TUNING),
             "",
         ]
     )

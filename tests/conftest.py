@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from engine import Engine, Settings
-from engine.connection import connect, redis_server_binary
+from engine.connection import connect, redis_server_binary, tuning_args
 from redis.cluster import RedisCluster
 
 from tests.cluster import LocalCluster
@@ -44,7 +44,7 @@ def real_redis_socket():
     sock = directory / "redis.sock"
     proc = subprocess.Popen(
         [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
-         "--appendonly", "no", "--dir", str(directory)],
+         "--appendonly", "no", "--dir", str(directory), *tuning_args()],
         stdout=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10

@@ -116,6 +116,29 @@ def test_data_survives_a_crash_thanks_to_the_append_only_file(var):
     assert _client(sock).get("crash") == b"safe"
 
 
+def test_a_task_with_long_fields_stays_a_compact_hash_on_the_embedded_server(var):
+    """SERVER_TUNING (engine/connection.py): a Drive link_post (~75 bytes stored) and a
+    1,000-character error used to turn a task hash into a hashtable (Redis' default limit
+    is 64 bytes per value); on the embedded server both stay compact."""
+    from engine import Engine, Settings
+    from tests.helpers import ids, link, online_server, request_doc
+
+    r = _client(ensure_embedded(var))
+    assert r.config_get("hash-max-ziplist-value")["hash-max-ziplist-value"] == "1024"
+    eng = Engine(r, Settings(namespace="compact"))
+    caller, _ = online_server(eng)
+    eng.stacking.create_request(request_doc(tasks=2, max_retries=0))
+    done, failed = ids(eng.stacking.claim(caller, 2))
+    for tid in (done, failed):
+        eng.stacking.start(caller, tid)
+    eng.stacking.complete(caller, done, link("1AbCdEfGhIjKlMnOpQrStUvWxYz012345"), "note " * 20)
+    eng.stacking.fail(caller, failed, "x" * 1000)
+    for tid in (done, failed):
+        key = eng.core.keys.task(tid)
+        assert max(len(v) for v in r.hgetall(key).values()) > 64
+        assert r.object("encoding", key) in (b"ziplist", b"listpack")
+
+
 def _wait_until(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
