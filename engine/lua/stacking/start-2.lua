@@ -29,7 +29,7 @@ defer_counts()
 for i = 6, #ARGV, 2 do
   local sid, t, refusal = held_task(ARGV[i], ARGV[i + 1], offline_after, STARTABLE)
   if sid then
-    set_status(t, t.st == 'register' and 'registering' or 'connecting', sid, {'started_at', STAMP})
+    set_status(t, t.st == 'register' and 'registering' or 'connecting', sid)
     started[#started + 1] = t.id
     leases[#leases + 1] = deadline
     leases[#leases + 1] = t.id

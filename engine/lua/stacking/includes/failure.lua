@@ -12,8 +12,8 @@
 local function fail_task(t, message, actor, base, cap, note, later)
   local new = 'connect_failed'
   if t.st == 'registering' then new = 'profile_failed' end
-  local extra = {'err', message, 'own', '', 'failed_at', STAMP}
-  if note then extra[7], extra[8] = 'note', note end
+  local extra = {'err', message, 'own', ''}
+  if note then extra[5], extra[6] = 'note', note end
   set_status(t, new, actor, extra)
   local due = NOW
   if t.rc < t.mr then due = NOW + backoff(base, cap, t.rc) end
