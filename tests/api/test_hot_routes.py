@@ -6,6 +6,7 @@ from starlette.routing import Router
 from starlette.testclient import TestClient
 
 from api.app import create_app
+from api.http import MAX_BODY
 from tests.helpers import ids, online_server, request_doc
 
 LINKS = "/api/v1/stacking/links"
@@ -33,6 +34,8 @@ def requests(w: dict) -> list[tuple[str, str, dict, bytes | None]]:
         ("POST", f"{LINKS}/{r}/start", k, None), ("POST", f"{LINKS}/{c}/start", {"X-API-Key": "thk_x"}, None),
         ("POST", f"{LINKS}/{r}/complete", k, b"{"), ("POST", f"{LINKS}/{r}/complete", k, b"[1]"),
         ("POST", f"{LINKS}/{r}/complete", k, b"{}"), ("POST", f"{LINKS}/{c}/complete", k, b"{}"),
+        ("POST", f"{LINKS}/{r}/complete", k, b" " * (MAX_BODY + 1)),
+        ("POST", f"{LINKS}/{r}/complete", {}, b" " * (MAX_BODY + 1)),
         ("POST", f"{LINKS}/{r}/fail", k, None), ("POST", f"{LINKS}/{r}/fail", o, b'{"error_message":"x"}'),
         ("GET", f"{LINKS}/{c}/start", k, None), ("PUT", f"{LINKS}/{c}", k, None), ("POST", f"{LINKS}//start", k, None),
         ("POST", f"{LINKS}/{c}/start/", k, None), ("POST", f"{LINKS}/{c}/x/start", k, None),
@@ -60,6 +63,24 @@ def test_hot_answers_equal_the_routers(engine, world, redis_client):
         assert answer(hot, method, path, headers, body) == answer(plain, method, path, headers, body), (method, path)
     # Every one of them was a read or a refusal: the keys are the ones there were (events aside).
     assert sorted(redis_client.keys(f"{engine.core.settings.namespace}*")) == before
+
+
+def test_an_unexpected_error_on_a_hot_route_is_the_routers_500_logged_and_raised(engine, world, monkeypatch,
+                                                                               caplog):
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(engine.stacking, "start_call", boom)
+    path, k = f"{LINKS}/{world['claimed']}/start", {"X-API-Key": world["key"]}
+    hot = TestClient(create_app(engine), raise_server_exceptions=False)
+    plain = TestClient(create_app(engine, hot_routes=False), raise_server_exceptions=False)
+    caplog.clear()
+    got = answer(hot, "POST", path, k, None)
+    assert got == answer(plain, "POST", path, k, None)
+    assert got[0] == 500 and got[2] == b'{"success":false,"message":"internal error"}'
+    assert sum("unhandled error on POST" in r.getMessage() for r in caplog.records) == 2  # once per app
+    with pytest.raises(RuntimeError, match="boom"):  # and the server sees it, as behind ServerErrorMiddleware
+        TestClient(create_app(engine)).post(path, headers=k)
 
 
 def test_hot_routes_bypass_the_router(engine, world, monkeypatch):

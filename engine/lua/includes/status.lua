@@ -3,6 +3,7 @@
 -- script, and one event is written. Needs events, K and NOW.
 -- Derived key: t:<task>; `hashes` are full key names under the same tag.
 -- @include events
+-- @include ints
 
 -- Deferred counting, for a script that moves many tasks in one call: after
 -- defer_counts(), recount only sums the moves per hash and field, and
@@ -18,7 +19,7 @@ end
 local function flush_counts()
   for h, fields in pairs(DELTAS or {}) do
     for field, n in pairs(fields) do
-      if n ~= 0 then redis.call('HINCRBY', h, field, n) end
+      if n ~= 0 then redis.call('HINCRBY', h, field, int(n)) end
     end
   end
   DELTAS = nil
@@ -37,8 +38,8 @@ local function recount(hashes, old, new)
     return
   end
   for _, h in ipairs(hashes) do
-    if old then redis.call('HINCRBY', h, old, -1) end
-    if new then redis.call('HINCRBY', h, new, 1) end
+    if old then redis.call('HINCRBY', h, old, '-1') end
+    if new then redis.call('HINCRBY', h, new, '1') end
   end
 end
 

@@ -5,7 +5,8 @@
 -- `lapsed:<kind>` (leases of that kind a sweep removed), `retried` (tasks
 -- sent back for another attempt); a contract may add its own (engine/KEYS.md).
 -- Needs K. Derived key: totals.
+-- @include ints
 
 local function tally(field, n)
-  if n > 0 then redis.call('HINCRBY', K .. 'totals', field, n) end
+  if n > 0 then redis.call('HINCRBY', K .. 'totals', field, int(n)) end
 end
