@@ -165,10 +165,31 @@ def cmd_web(args: argparse.Namespace) -> int:
 
     from .logs import uvicorn_log_config
     prepare_multiprocess(args.workers, var_dir())  # several workers: /metrics sums their samples
+    _advise_on_tuning()
     config = uvicorn_log_config()  # None: uvicorn's own text format
     uvicorn.run("api.app:main_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 access_log=False, log_level="info", **({"log_config": config} if config else {}))
     return 0
+
+
+def _advise_on_tuning() -> None:
+    """A Redis of your own (REDIS_URL, not a cluster) whose hash limits waste memory: say so once."""
+    import os
+
+    from engine.connection import CLUSTER_SCHEMES, connect, tuning_advice
+
+    url = os.environ.get("REDIS_URL", "")
+    if not url or url.startswith(CLUSTER_SCHEMES):
+        return
+    try:
+        advice = tuning_advice(connect(url))
+    except Exception:  # noqa: BLE001 - Redis away: the web process rides that out and answers 503
+        return
+    if advice:
+        from .logs import json_line, log_format
+
+        print(json_line("WARNING", "taskhub.web", advice) if log_format() == "json" else f"warning: {advice}",
+              file=sys.stderr, flush=True)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

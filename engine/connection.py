@@ -84,6 +84,29 @@ def tuning_args() -> list[str]:
     return [arg for name, value in SERVER_TUNING for arg in (f"--{name}", value)]
 
 
+def tuning_advice(client: redis.Redis) -> str | None:
+    """What to change on a Redis of your own whose compact-hash limits are below SERVER_TUNING
+    (its value limit above all: under 1024, task hashes turn into hashtables), or None when
+    they are not, or when the server will not say (CONFIG disabled, as on some managed
+    services). ``taskhub web`` prints it once at start; it never changes the server."""
+    lower = []
+    for name, value in SERVER_TUNING:
+        try:
+            found = client.config_get(name)
+        except redis.RedisError:
+            return None
+        current = next(iter(found.values()), None) if found else None
+        if current is None or not str(current).isdigit():
+            return None
+        if name.endswith("-value") and int(current) < int(value):
+            lower.append(f"{name} {current} (taskhub's embedded server uses {value})")
+    if not lower:
+        return None
+    return ("REDIS_URL's server has " + "; ".join(lower) + ": stacking task hashes will be stored as "
+            "hashtables, about 1.6 times the memory (README, \"A Redis of your own\"). Set "
+            + ", ".join(f"{n} {v}" for n, v in SERVER_TUNING) + " in its config.")
+
+
 class EmbeddedRedisError(RuntimeError):
     """The embedded Redis cannot be used; the message says why and what to do."""
 

@@ -139,6 +139,47 @@ def test_a_task_with_long_fields_stays_a_compact_hash_on_the_embedded_server(var
         assert r.object("encoding", key) in (b"ziplist", b"listpack")
 
 
+def test_a_redis_of_your_own_with_default_hash_limits_gets_a_warning_from_taskhub_web(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """A server started without SERVER_TUNING (Redis' defaults): ``taskhub web`` says what to set, once
+    it is set says nothing, and a server that will not show its config is not guessed at."""
+    from api import cli
+    from engine.connection import tuning_advice
+
+    sock = tmp_path / "own.sock"
+    proc = subprocess.Popen([redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        def up() -> bool:
+            try:
+                return sock.exists() and _client(sock).ping()
+            except redis.ConnectionError:
+                return False
+
+        _wait_until(up, 10, "a private redis-server")
+        r = _client(sock)
+        advice = tuning_advice(r)
+        assert advice and "hash-max-ziplist-value 64" in advice and "hash-max-ziplist-value 1024" in advice
+        monkeypatch.setenv("REDIS_URL", f"unix://{sock}")
+        monkeypatch.delenv("TASKHUB_LOG_FORMAT", raising=False)
+        cli._advise_on_tuning()
+        assert capsys.readouterr().err == f"warning: {advice}\n"
+        r.config_set("hash-max-ziplist-value", "1024")
+        assert tuning_advice(r) is None
+        cli._advise_on_tuning()
+        assert capsys.readouterr().err == ""
+
+        class NoConfig(redis.Redis):
+            def config_get(self, *args, **kwargs):
+                raise redis.ResponseError("unknown command 'CONFIG'")
+
+        r.config_set("hash-max-ziplist-value", "64")
+        assert tuning_advice(NoConfig(unix_socket_path=str(sock))) is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 def _wait_until(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
