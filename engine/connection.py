@@ -66,9 +66,10 @@ DEFAULT_START_TIMEOUT_S = 300.0
 # the hash to a hashtable at once. A stacking task's link_post (a Drive URL,
 # ~75 bytes as stored JSON), its connect_links and an error message all exceed
 # 64, so with the default every task converted on its phase-1 complete: about
-# 14% of that script's instructions for the conversion alone, and several
-# times the memory for the rest of the task's life (BENCHMARKS.md, "Redis
-# instructions per task" and "Memory"). 1024 keeps such tasks compact; a
+# 14% of that script's instructions for the conversion alone (callgrind, on
+# bench/instructions.py's complete step), and four times the memory per task
+# hash for the rest of the task's life (BENCHMARKS.md, "Memory": 1,568 bytes
+# against 394 for a completed task). 1024 keeps such tasks compact; a
 # listpack of some twenty fields and a few KB is still read and written
 # faster than it is sent. With values that large the entry limit matters
 # more: a compact hash is searched entry by entry, so it is held to 128 entries
