@@ -18,6 +18,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine.errors import EngineError, Forbidden, InvalidInput
 
+from .logs import iso_ms
+
 PIPE_BUF = 4096  # POSIX: a write of at most this many bytes to a pipe is atomic (Linux: 4096)
 MAX_BODY = 1024 * 1024  # spec: bodies over 1 MiB -> 413
 MAX_BULK_BODY = 256 * 1024 * 1024  # bulk imports: 100,000 tasks of ~2 KB (documented in the README)
@@ -178,16 +180,15 @@ class AccessLog:
         self._lines: list[bytes] = []
         self._size = 0
 
-    def _now(self, now: float | None = None) -> str:
-        t = int(time.time() if now is None else now)
+    def _now(self) -> str:
+        """The text line's timestamp (whole seconds), formatted once per second."""
+        t = int(time.time())
         if t != self._second:
             self._second, self._stamp = t, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
         return self._stamp
 
     def _json(self, method: str, path: str, status: int, ms: float, caller: str) -> bytes:
-        now = time.time()
-        stamp = f"{self._now(now)[:-1]}.{int(now * 1000) % 1000:03d}Z"
-        return orjson.dumps({"ts": stamp, "level": "INFO", "logger": "taskhub.access",
+        return orjson.dumps({"ts": iso_ms(time.time()), "level": "INFO", "logger": "taskhub.access",
                              "msg": f"{method} {path} {status}", "method": method, "path": path,
                              "status": status, "ms": round(ms, 1), "caller": caller}) + b"\n"
 

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from engine.connection import ConfigError
+from engine.service import iso_ms as engine_iso_ms
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(name)s %(message)s"
@@ -46,8 +47,8 @@ def log_format() -> str:
 
 
 def iso_ms(seconds: float) -> str:
-    """``2026-01-31T12:00:00.123Z``."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds * 1000) % 1000:03d}Z"
+    """``2026-01-31T12:00:00.123Z``: ``engine.service.iso_ms`` of these seconds."""
+    return engine_iso_ms(int(seconds * 1000))
 
 
 def json_line(level: str, logger: str, msg: str, **fields: Any) -> str:

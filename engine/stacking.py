@@ -77,9 +77,9 @@ def html_to_text(markup: str) -> str:
 
 
 def _validate_task(task: Any, fi: int, ti: int) -> None:
-    """Task ``ti`` of folder ``fi``. The common case, every field fine, is checked
-    inline; only a refusal builds the field's path and goes through ``_text`` for
-    its message (an import validates up to 100,000 tasks of 8 fields)."""
+    """Task ``ti`` of folder ``fi``. Each field is checked with ``_text_ok``; only a
+    refusal builds the field's path and goes through ``_text`` for its message (an
+    import validates up to 100,000 tasks of 8 fields)."""
     if not isinstance(task, dict):
         raise InvalidInput(f"folders[{fi}].tasks[{ti}] must be an object")
     get = task.get
@@ -87,11 +87,9 @@ def _validate_task(task: Any, fi: int, ti: int) -> None:
         raise InvalidInput(f"folders[{fi}].tasks[{ti}].domain must be one of {', '.join(DOMAINS)}")
     for f in TEXT_FIELDS:
         v = get(f)
-        if f == "title":
-            if type(v) is not str or len(v) > MAX_FIELD or not v.strip():
-                _text(v, f"folders[{fi}].tasks[{ti}].title", required=True)
-        elif v is not None and (type(v) is not str or len(v) > MAX_FIELD):
-            _text(v, f"folders[{fi}].tasks[{ti}].{f}")
+        required = f == "title"
+        if not _text_ok(v, required=required):
+            _text(v, f"folders[{fi}].tasks[{ti}].{f}", required=required)
 
 
 def _body(task: dict, website: str) -> bytes:
@@ -107,6 +105,13 @@ def _https_url(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value.startswith("https://") or len(value) > 2048 or len(value) <= 8:
         raise InvalidInput(f"{field} must be an https:// URL of at most 2048 characters")
     return value
+
+
+def _text_ok(value: Any, limit: int = MAX_FIELD, required: bool = False) -> bool:
+    """Whether ``_text`` accepts ``value``, without building the field's name for its message."""
+    if value is None:
+        return not required
+    return isinstance(value, str) and len(value) <= limit and (not required or bool(value.strip()))
 
 
 def _text(value: Any, field: str, limit: int = MAX_FIELD, required: bool = False) -> str:

@@ -374,6 +374,7 @@ def test_health_records_metrics_and_returns_ok_with_server_time_in_utc(engine, c
 def test_health_accepts_an_empty_body(client, worker, content):
     assert client.post(HEALTH, headers=worker[1], content=content).status_code == 200
 
+
 def test_server_time_is_what_datetime_isoformat_gives_for_any_millisecond():
     import random
 

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 import engine.stacking as stacking_module
-from engine.errors import Conflict
+from engine.errors import Conflict, InvalidInput
 from tests.helpers import ids, online_server, request_doc, state
 
 
@@ -242,3 +242,21 @@ def test_task_ids_are_random_version_4_uuids_with_the_shard_in_the_last_two_hex_
     assert all(t.endswith("2a") and uuid.UUID(t).version == 4 for t in sharded)
     assert len({t[:-2] for t in sharded}) == 50
     assert stacking_module.new_task_id(7).endswith("07")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("title", "  ", "folders[0].tasks[1].title is required"),
+    ("title", None, "folders[0].tasks[1].title is required"),
+    ("title", 7, "folders[0].tasks[1].title must be a string"),
+    ("about", ["x"], "folders[0].tasks[1].about must be a string"),
+    ("location", "x" * 100_001, "folders[0].tasks[1].location must be at most 100000 characters"),
+])
+def test_a_task_field_refused_names_its_path_and_stores_nothing(engine, field, value, message):
+    doc = request_doc(tasks=2)
+    doc["folders"][0]["tasks"][1][field] = value
+    with pytest.raises(InvalidInput) as refused:
+        engine.stacking.create_request(doc)
+    assert refused.value.message == message
+    assert engine.stacking.stats() == {}
+    doc["folders"][0]["tasks"][1][field] = "fine" if field != "about" else None  # about is optional
+    assert engine.stacking.create_request(doc)["tasks"] == 2

@@ -88,7 +88,7 @@ local function drain(index, phase, bind)
         out[#out + 1] = rid
         local asg = v[4] or ''
         if asg ~= sid then
-          if asg ~= '' then redis.call('HINCRBY', K .. 'fs:' .. fid .. ':' .. asg, want, -1) end
+          if asg ~= '' then redis.call('HINCRBY', K .. 'fs:' .. fid .. ':' .. asg, want, '-1') end
           moved[#moved + 1] = tid
           redis.call('HSET', K .. 't:' .. tid, 'own', sid, 'asg', sid)
         else
@@ -100,7 +100,7 @@ local function drain(index, phase, bind)
       end
     end
     if #moved > 0 then
-      redis.call('HINCRBY', K .. 'fs:' .. fid .. ':' .. sid, want, #moved)
+      redis.call('HINCRBY', K .. 'fs:' .. fid .. ':' .. sid, want, int(#moved))
     end
   end
 end

@@ -5,10 +5,10 @@
 -- `n` tasks of folder `fid` (request `rid`) reached completed/final_failed/cancel:
 -- close them in folder and request.
 local function tasks_terminal(fid, rid, n)
-  redis.call('HINCRBY', K .. 'f:' .. fid, 'open', -n)
-  local open = redis.call('HINCRBY', K .. 'r:' .. rid, 'open', -n)
+  redis.call('HINCRBY', K .. 'f:' .. fid, 'open', int(-n))
+  local open = redis.call('HINCRBY', K .. 'r:' .. rid, 'open', int(-n))
   if open == 0 then
-    redis.call('HSET', K .. 'r:' .. rid, 'st', 'completed', 'done_at', NOW)
+    redis.call('HSET', K .. 'r:' .. rid, 'st', 'completed', 'done_at', STAMP)
   end
 end
 
@@ -51,7 +51,7 @@ local function barrier(fid, actor)
   local rid, mode = f[1], f[2]
   redis.call('HSET', fk, 'phase', '2')
   local rk = K .. 'r:' .. rid
-  if redis.call('HINCRBY', rk, 'p1f', -1) == 0 and redis.call('HGET', rk, 'st') == 'register' then
+  if redis.call('HINCRBY', rk, 'p1f', '-1') == 0 and redis.call('HGET', rk, 'st') == 'register' then
     redis.call('HSET', rk, 'st', 'connecting')
   end
   -- The profiled tasks, in folder order: the folder's task list (ft:, import
@@ -102,7 +102,7 @@ local function defer_p1()
 end
 
 local function flush_p1()
-  for fid, left in pairs(P1 or {}) do redis.call('HSET', K .. 'f:' .. fid, 'p1', left) end
+  for fid, left in pairs(P1 or {}) do redis.call('HSET', K .. 'f:' .. fid, 'p1', int(left)) end
   P1 = nil
 end
 
@@ -115,7 +115,7 @@ local function leave_phase1(fid, actor)
     left = left - 1
     P1[fid] = left
   else
-    left = redis.call('HINCRBY', K .. 'f:' .. fid, 'p1', -1)
+    left = redis.call('HINCRBY', K .. 'f:' .. fid, 'p1', '-1')
   end
   if left == 0 then barrier(fid, actor) end
 end
