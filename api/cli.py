@@ -164,11 +164,12 @@ def cmd_web(args: argparse.Namespace) -> int:
     from engine.connection import var_dir
 
     from .logs import uvicorn_log_config
+    from .protocol import http_protocol
     prepare_multiprocess(args.workers, var_dir())  # several workers: /metrics sums their samples
     _advise_on_tuning()
     config = uvicorn_log_config()  # None: uvicorn's own text format
     uvicorn.run("api.app:main_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-                access_log=False, log_level="info", **({"log_config": config} if config else {}))
+                http=http_protocol(), access_log=False, log_level="info", **({"log_config": config} if config else {}))
     return 0
 
 

@@ -161,6 +161,8 @@ class Uvicorn:
         full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH", "")]))
         cmd = [sys.executable, "-m", "uvicorn", *(["--factory"] if factory else []), app, "--host", "127.0.0.1",
                "--port", str(self.port), "--no-access-log", "--log-level", "warning"]
+        if http and ":" in http:  # a protocol class (module:Class), which uvicorn's CLI does not take
+            cmd[1:3] = ["-m", "bench.uvicorn_any"]
         if http:
             cmd += ["--http", http]
         if loop:
@@ -194,9 +196,14 @@ class Uvicorn:
 
 def taskhub_web(redis_url: str, namespace: str, logdir: Path, workers: int = 1, http: str | None = None,
                 loop: str | None = None, env: dict[str, str | None] | None = None) -> Uvicorn:
-    """The real ``taskhub web`` app (``--factory api.app:main_app``) bound to one namespace."""
+    """The real ``taskhub web`` app (``--factory api.app:main_app``) bound to one namespace.
+
+    ``http`` names uvicorn's parser (auto, httptools, h11); the app runs on the one-write
+    protocol built on it (``api.protocol``), as ``taskhub web`` does.
+    """
+    from api.protocol import http_protocol
     return Uvicorn("api.app:main_app", {"REDIS_URL": redis_url, "TASKHUB_NAMESPACE": namespace, **(env or {})},
-                   logdir, namespace, factory=True, workers=workers, http=http, loop=loop)
+                   logdir, namespace, factory=True, workers=workers, http=http_protocol(http or "auto"), loop=loop)
 
 
 def terminate(proc: subprocess.Popen) -> None:

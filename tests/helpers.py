@@ -100,15 +100,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(app: Any, port: int | None = None) -> Iterator[str]:
+def serving(app: Any, port: int | None = None, http: str | None = None) -> Iterator[str]:
     """The ASGI ``app`` under a real uvicorn on a thread of this process; yields its base URL.
 
     For tests that need real HTTP (a browser, a client's sockets and timeouts)
-    while reading the same engine in-process."""
+    while reading the same engine in-process. ``http``: uvicorn's protocol (default:
+    the one ``taskhub web`` runs, ``api.protocol``'s)."""
     import uvicorn
 
+    from api.protocol import http_protocol
+
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           http=http or http_protocol()))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
