@@ -60,18 +60,16 @@ for _ = 1, ngroups do
   end
   local ready, ids = {}, {}
   for j = 1, n do
-    local tid = ARGV[i + 4 + j]
-    redis.call('HSET', K .. 't:' .. tid, 'st', 'register', 'seq', seq, 'fo', fid, 'req', rid,
+    local tid, sq = ARGV[i + 4 + j], int(seq)
+    redis.call('HSET', K .. 't:' .. tid, 'st', 'register', 'seq', sq, 'fo', fid, 'req', rid,
                'rc', '0', 'mr', mr, 'ca', STAMP)
     emit(tid, '', 'register', 'import')
-    ready[#ready + 1] = seq
+    ready[#ready + 1] = sq
     ready[#ready + 1] = tid
     ids[j] = tid
     seq = seq + 1
   end
-  for j = 1, #ready, 1000 do
-    redis.call('ZADD', K .. 'fr:1:' .. fid, unpack(ready, j, math.min(j + 999, #ready)))
-  end
+  zadd_pairs(K .. 'fr:1:' .. fid, descending(ready))
   for j = 1, #ids, 1000 do
     redis.call('RPUSH', K .. 'ft:' .. fid, unpack(ids, j, math.min(j + 999, #ids)))
   end
