@@ -52,12 +52,11 @@ end
 -- single-caller script), when its status is one of `statuses` (a set). Needs
 -- common. Returns sid, task, or nil, nil and the refusal, checked in this
 -- order: the caller, the task exists, its status, the caller holds it.
--- `full`: the task as load_task reads it (retry counts, seq); else load_held's.
-local function held_task(ckey, tid, offline_after, statuses, full)
+-- `retries`: the task with its retry counts (rc, mr), as a failure needs it.
+local function held_task(ckey, tid, offline_after, statuses, retries)
   local sid, refusal = authenticate(ckey, true, offline_after)
   if not sid then return nil, nil, refusal end
-  local t
-  if full then t = load_task(tid) else t = load_held(tid) end
+  local t = load_held(tid, retries)
   if not t then return nil, nil, {'not_found'} end
   if not statuses[t.st] then return nil, nil, {'bad_state', t.st} end
   if t.own ~= sid then return nil, nil, {'not_task_owner', t.st} end

@@ -31,8 +31,15 @@ local function load_task(tid, more)
 end
 
 -- What start and complete decide on: status, owner, and the names of the
--- task's counters (folder, request, assigned server). No seq, rc or mr.
-local function load_held(tid)
+-- task's counters (folder, request, assigned server). No seq. `retries`: also
+-- rc and mr, which a failure decides on.
+local function load_held(tid, retries)
+  if retries then
+    local v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'fo', 'req', 'asg', 'own', 'rc', 'mr')
+    if not v[1] then return nil end
+    return {id = tid, st = v[1], fo = v[2], req = v[3], asg = v[4] or '', own = v[5] or '',
+            rc = tonumber(v[6]) or 0, mr = tonumber(v[7]) or 0}
+  end
   local v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'fo', 'req', 'asg', 'own')
   if not v[1] then return nil end
   return {id = tid, st = v[1], fo = v[2], req = v[3], asg = v[4] or '', own = v[5] or ''}

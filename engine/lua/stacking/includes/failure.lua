@@ -15,8 +15,8 @@ local function fail_task(t, message, actor, base, cap, note, later)
   local extra = {'err', message, 'own', ''}
   if note then extra[5], extra[6] = 'note', note end
   set_status(t, new, actor, extra)
-  local due = NOW
-  if t.rc < t.mr then due = NOW + backoff(base, cap, t.rc) end
+  local due = STAMP  -- strings: a number would be formatted with %.17g by ZADD
+  if t.rc < t.mr then due = int(NOW + backoff(base, cap, t.rc)) end
   if later then
     later.runs[#later.runs + 1] = t.id
     later.retries[#later.retries + 1] = due
