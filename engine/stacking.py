@@ -432,7 +432,7 @@ class Stacking:
 
     def get_task_call(self, task_id: str, who: Who | None = None) -> Call:
         core = self.shard_of_task(task_id)
-        reads: list = [Command(("HMGET", core.keys.task(task_id), "st", "lp", "cl", "ph", "fo", "req")),
+        reads: list = [Command(("HMGET", core.keys.task(task_id), "st", "lp", "cl", "fo", "req")),
                        Command(("HGET", core.keys.bodies, task_id))]
         if who is not None:
             reads.insert(0, core.script("auth", [caller_key(core, who)], "1", self.s.server_offline_after_ms))
@@ -440,10 +440,10 @@ class Stacking:
         def finish(replies: list) -> bytes:
             if who is not None:
                 raise_for(replies[0], "server")
-            (st, lp, cl, ph, fo, req), body = replies[-2:]
+            (st, lp, cl, fo, req), body = replies[-2:]
             if st is None or body is None:
                 raise NotFound("task not found")
-            phase2 = ph == b"2"
+            phase2 = cl is not None  # the barrier writes connect_links exactly on the tasks it moves to phase 2
             return render_task(task_id.encode(), orjson.dumps(req.decode()), st,
                                phase2_body(body) if phase2 else body, orjson.dumps(fo.decode()),
                                lp or b'""', cl if phase2 else None)

@@ -234,12 +234,12 @@ def check_invariants(snap: Snapshot, reader: Reader, where: str) -> None:
         if own:
             assert asg == own, f"{where}: {tid} own={own} asg={asg}"
         assert 0 <= int(t["rc"]) <= int(t["mr"]), f"{where}: {tid} rc={t['rc']} mr={t['mr']}"
-        # phase-2 marker: set by the barrier, exactly on the tasks it moved on
+        # phase-2 marker (connect_links): set by the barrier, exactly on the tasks it moved on
         if st in PHASE2:
-            assert t.get("ph") == "2", f"{where}: {tid} {st} without ph=2"
-        if t.get("ph") == "2":
-            assert st in PHASE2 or st in TERMINAL, f"{where}: {tid} ph=2 in {st}"
-        if st == "profiled" or t.get("ph") == "2":
+            assert "cl" in t, f"{where}: {tid} {st} without connect_links"
+        if "cl" in t:
+            assert st in PHASE2 or st in TERMINAL, f"{where}: {tid} connect_links in {st}"
+        if st == "profiled" or "cl" in t:
             assert t["lp"].startswith('"https://'), f"{where}: {tid} {st} without link_post"
         assert t["fo"] in folders and t["req"] in requests, where
 
@@ -411,7 +411,7 @@ class Walk:
         for fid, f in snap.folders.items():
             if prev is None or prev.folders[fid]["phase"] != "1" or f["phase"] != "2":
                 continue
-            moved = sorted((tid for tid, t in snap.tasks.items() if t["fo"] == fid and t.get("ph") == "2"),
+            moved = sorted((tid for tid, t in snap.tasks.items() if t["fo"] == fid and "cl" in t),
                            key=lambda tid: int(snap.tasks[tid]["seq"]))
             if f["mode"] == "disable":
                 assert not moved, f"{where}: {fid} (disable) moved tasks to phase 2"

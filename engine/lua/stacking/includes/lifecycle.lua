@@ -82,7 +82,7 @@ local function barrier(fid, actor)
   end
   local ready = {}
   for i, t in ipairs(tasks) do
-    set_status(t, 'connect', actor, {'cl', links_for(mode, lps, i), 'ph', '2'})
+    set_status(t, 'connect', actor, {'cl', links_for(mode, lps, i)})  -- cl present = in phase 2
     ready[#ready + 1] = t.seq
     ready[#ready + 1] = t.id
   end
