@@ -7,7 +7,7 @@ import time
 import redis
 
 from .config import Settings
-from .connection import connect, connect_rq
+from .connection import ConfigError, connect, connect_rq
 from .devices import Devices
 from .keys import DeviceKeys, StackingKeys, TaskCenterKeys
 from .servers import Servers
@@ -32,13 +32,18 @@ class Engine:
         self._rq: redis.Redis | None = None
 
     def rq_client(self) -> redis.Redis:
-        """Where RQ's jobs go: ``TASKHUB_RQ_URL`` when set or when task state is on a cluster
-        (``engine.connection.connect_rq``), else this engine's own client."""
+        """Where RQ's jobs go: ``TASKHUB_RQ_URL`` when set (``engine.connection.connect_rq``),
+        else this engine's own client. An engine on a cluster without ``TASKHUB_RQ_URL`` is
+        refused (ConfigError): RQ needs a plain Redis, and falling back to ``connect()``
+        would start an embedded server in ./var when REDIS_URL is unset (as it is for an
+        engine built on a cluster client in code)."""
         from redis.cluster import RedisCluster
 
         if self._rq is None:
-            if os.environ.get("TASKHUB_RQ_URL") or isinstance(self.r, RedisCluster):
+            if os.environ.get("TASKHUB_RQ_URL", "").strip():
                 self._rq = connect_rq()
+            elif isinstance(self.r, RedisCluster):
+                raise ConfigError("task state is on a cluster: set TASKHUB_RQ_URL to a plain Redis for RQ's job queue")
             else:
                 self._rq = self.r
         return self._rq

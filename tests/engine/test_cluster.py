@@ -34,6 +34,21 @@ def test_rq_refuses_a_cluster(monkeypatch):
         connect_rq()
 
 
+def test_an_engine_on_a_cluster_client_never_starts_an_embedded_redis_for_rq(redis_cluster, monkeypatch, tmp_path):
+    """Built in code on a cluster client, with REDIS_URL unset: RQ's client is refused with the
+    knob to set, where it used to fall back to connect() and start an embedded server in ./var."""
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("TASKHUB_RQ_URL", raising=False)
+    monkeypatch.setenv("TASKHUB_VAR", str(tmp_path / "var"))
+    eng = Engine(connect(redis_cluster.url), Settings(namespace="rq-refused"))
+    with pytest.raises(ConfigError, match="TASKHUB_RQ_URL"):
+        eng.rq_client()
+    assert not (tmp_path / "var").exists()
+    first_node = redis_cluster.url.removeprefix("redis+cluster://").split(",")[0]
+    monkeypatch.setenv("TASKHUB_RQ_URL", f"redis://{first_node}")  # a node is a plain server too
+    assert eng.rq_client().ping()
+
+
 @pytest.mark.parametrize("n", [2, 3, 4, 8])
 def test_shard_tags_fall_in_equal_runs_of_the_slot_space(n):
     from redis.crc import key_slot
