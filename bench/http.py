@@ -393,8 +393,9 @@ def main(argv: list[str] | None = None) -> int:
         runs = ", ".join(f"{r:,.0f}" + ("" if ep.name == "bare" else f" ({r / b:.2f})")
                          for r, b in zip(t.rates, tallies["bare"].rates))
         cpu = "/".join(f"{statistics.median(c[i] for c in t.cpu):.2f}" for i in range(3))
-        print(f"{ep.label:{width}} {med[ep.name]:>12,.0f} {ratio:>8.2f} {t.non2xx:>8}  {verdict:7}  {cpu:17}  {runs}")
-        rows.append(f"| {ep.label} | {med[ep.name]:,.0f} | {ratio:.2f} | {t.non2xx} | {verdict} | {cpu} | {runs} |")
+        # three decimals: at two, 0.497 printed as "0.50" beside "NOT met"
+        print(f"{ep.label:{width}} {med[ep.name]:>12,.0f} {ratio:>8.3f} {t.non2xx:>8}  {verdict:7}  {cpu:17}  {runs}")
+        rows.append(f"| {ep.label} | {med[ep.name]:,.0f} | {ratio:.3f} | {t.non2xx} | {verdict} | {cpu} | {runs} |")
         if t.non2xx or t.socket_errors:
             flagged.append(f"{ep.name}: {t.non2xx} non-2xx {dict(sorted(t.codes.items()))}"
                            + (f", {t.socket_errors} socket errors" if t.socket_errors else "")
@@ -406,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     for f in flagged:
         print(f"FLAGGED (not a clean measurement): {f}")
     worst = min((med[e.name] / base for e in endpoints[1:]), default=0.0)
-    print(f"lowest ratio {worst:.2f} (target every endpoint >= {TARGET}: {'met' if worst >= TARGET else 'NOT met'})")
+    print(f"lowest ratio {worst:.3f} (target every endpoint >= {TARGET}: {'met' if worst >= TARGET else 'NOT met'})")
     print(f"taskhub app log: {log_lines:,} lines, {log_bytes / 1e6:,.1f} MB over the run ({access_desc})")
     print(f"total wall time {time.perf_counter() - started:.0f} s")
 
@@ -434,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| endpoint | median req/s | vs bare | non-2xx | target >= {TARGET} | cpu app/redis/wrk "
             f"| runs (vs bare of the same repeat) |\n"
             f"|---|---:|---:|---:|---|---|---|\n" + "\n".join(rows) + "\n\n"
-            f"Lowest ratio: {worst:.2f} (target: every endpoint >= {TARGET} of the bare route, same run). "
+            f"Lowest ratio: {worst:.3f} (target: every endpoint >= {TARGET} of the bare route, same run). "
             f"The taskhub app wrote {log_lines:,} log lines ({log_bytes / 1e6:,.1f} MB) over the run.\n"
             + "".join(f"\n**Flagged, not a clean measurement:** {f}\n" for f in flagged)
         )
