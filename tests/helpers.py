@@ -100,7 +100,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(app: Any, port: int | None = None, http: str | None = None) -> Iterator[str]:
+def serving(app: Any, port: int | None = None, http: str | None = None, loop: str = "auto") -> Iterator[str]:
     """The ASGI ``app`` under a real uvicorn on a thread of this process; yields its base URL.
 
     For tests that need real HTTP (a browser, a client's sockets and timeouts)
@@ -112,7 +112,7 @@ def serving(app: Any, port: int | None = None, http: str | None = None) -> Itera
 
     port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-                                           http=http or http_protocol()))
+                                           http=http or http_protocol(), loop=loop))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

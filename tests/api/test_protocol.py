@@ -31,6 +31,21 @@ class Recording:
         assert not self.closed, "written after close"
         self.writes.append(bytes(data))
 
+    def writelines(self, lines) -> None:  # one send of several buffers, as uvloop does it
+        self.write(b"".join(lines))
+
+    def write_eof(self) -> None:
+        self.writes.append(b"<EOF>")
+
+    def get_write_buffer_size(self) -> int:
+        return 7
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
     def is_closing(self) -> bool:
         return self.closed or self.aborted
 
@@ -68,21 +83,59 @@ def test_writes_of_one_tick_leave_as_one_write_at_its_end():
     assert later == [b"HTTP/1.1 200 OK\r\n\r\nbody", b"next"]
 
 
-def test_close_sends_what_is_held_first_and_abort_drops_it():
-    async def run() -> tuple[Recording, Recording]:
+def test_close_abort_and_write_eof_send_what_is_held_first():
+    async def run() -> tuple[Recording, Recording, Recording]:
         loop = asyncio.get_running_loop()
-        closed, aborted = Recording(), Recording()
-        a, b = OneWriteTransport(closed, loop), OneWriteTransport(aborted, loop)
+        closed, aborted, ended = Recording(), Recording(), Recording()
+        a, b, c = (OneWriteTransport(t, loop) for t in (closed, aborted, ended))
         a.write(b"last words")
         a.close()
-        b.write(b"never sent")
+        b.write(b"sent, then aborted")  # unwrapped, the socket would have had these bytes already
         b.abort()
+        c.write(b"before eof")
+        c.write_eof()
         await _tick()  # the scheduled flushes find nothing held
-        return closed, aborted
+        return closed, aborted, ended
 
-    closed, aborted = asyncio.run(run())
+    closed, aborted, ended = asyncio.run(run())
     assert closed.writes == [b"last words"] and closed.closed
-    assert aborted.writes == [] and aborted.aborted
+    assert aborted.writes == [b"sent, then aborted"] and aborted.aborted
+    assert ended.writes == [b"before eof", b"<EOF>"]
+
+
+def test_what_is_held_is_bounded_and_counted_in_the_buffer_size():
+    """Past HOLD_LIMIT the writes go out at once, so a streamed body meets the real
+    transport's flow control; the buffer size a caller sees includes what is held."""
+    async def run() -> list:
+        real = Recording()
+        t = OneWriteTransport(real, asyncio.get_running_loop())
+        t.write(b"a" * 10)
+        seen = [t.get_write_buffer_size(), list(real.writes)]
+        t.write(b"b" * OneWriteTransport.HOLD_LIMIT)  # over the bound: both go now, in order
+        seen += [list(real.writes), t.get_write_buffer_size()]
+        await _tick()
+        seen.append(len(real.writes))
+        return seen
+
+    size_held, before, after, size_after, count = asyncio.run(run())
+    assert (size_held, before) == (7 + 10, [])
+    assert after == [b"a" * 10 + b"b" * OneWriteTransport.HOLD_LIMIT] and size_after == 7
+    assert count == 1, "nothing was left for the end of the tick"
+
+
+def test_a_write_of_the_wrong_type_is_refused_to_the_caller_and_buffers_are_copied():
+    async def run() -> Recording:
+        real = Recording()
+        t = OneWriteTransport(real, asyncio.get_running_loop())
+        with pytest.raises(TypeError, match="bytes-like"):
+            t.write("text")  # type: ignore[arg-type]
+        buf = bytearray(b"abc")
+        t.write(buf)
+        buf[:] = b"xyz"  # the caller reuses its buffer before the tick ends
+        await _tick()
+        return real
+
+    assert asyncio.run(run()).writes == [b"abc"]
 
 
 def test_nothing_is_written_to_a_transport_that_is_closing():
@@ -98,12 +151,15 @@ def test_nothing_is_written_to_a_transport_that_is_closing():
 
 
 def test_everything_else_is_the_real_transports():
-    real = Recording()
-    t = OneWriteTransport(real, asyncio.new_event_loop())
-    assert t.get_extra_info("peername") == ("127.0.0.1", 1)
-    assert t.is_closing() is False
-    with pytest.raises(AttributeError):
-        t.no_such_method  # noqa: B018
+    loop = asyncio.new_event_loop()
+    try:
+        t = OneWriteTransport(Recording(), loop)
+        assert t.get_extra_info("peername") == ("127.0.0.1", 1)
+        assert t.is_closing() is False
+        with pytest.raises(AttributeError):
+            t.no_such_method  # noqa: B018
+    finally:
+        loop.close()
 
 
 def test_the_protocol_names():
@@ -149,11 +205,11 @@ def counted_writes(monkeypatch):
     class Counting(OneWriteTransport):
         __slots__ = ()
 
-        def _flush(self) -> None:
+        def flush(self) -> None:
             held = self._held
             if held and not self._transport.is_closing():
                 writes.append(b"".join(held))
-            super()._flush()
+            super().flush()
 
     monkeypatch.setattr(protocol, "OneWriteTransport", Counting)
     return writes
@@ -194,3 +250,109 @@ def _client(port: int) -> http.client.HTTPConnection:
     c.connect()
     c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return c
+
+
+class HoldingLoop:
+    """The running loop, except that ``call_soon`` callbacks wait until ``run_held``:
+    the end of the tick, under the test's control."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.held: list = []
+
+    def call_soon(self, callback, *args):
+        self.held.append((callback, args))
+
+    def run_held(self) -> None:
+        held, self.held = self.held, []
+        for callback, args in held:
+            callback(*args)
+
+    def __getattr__(self, name: str):
+        return getattr(self.loop, name)
+
+
+@pytest.mark.parametrize("impl", ["h11", "httptools"])
+def test_a_client_that_half_closes_still_gets_the_response_written_in_that_tick(impl):
+    """The client sends its request and a FIN. The app's response is written (held for the
+    end of the tick) when the FIN is read: uvicorn's eof_received answers None, after which
+    the real transport closes itself, not through the wrapper. The protocol sends what is
+    held first."""
+    if impl == "httptools":
+        pytest.importorskip("httptools")
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
+
+    cls = import_protocol(http_protocol(impl))
+
+    async def run() -> tuple[list[bytes], list[bytes]]:
+        loop = HoldingLoop(asyncio.get_running_loop())
+        config = Config(_app(), lifespan="off", log_level="warning")
+        config.load()
+        proto = cls(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+        real = Recording()
+        proto.connection_made(real)
+        proto.data_received(b"GET /small?n=7 HTTP/1.1\r\nhost: t\r\n\r\n")
+        for _ in range(20):  # the app's task runs and writes the response (held)
+            await asyncio.sleep(0)
+        written_before_eof = list(real.writes)
+        proto.eof_received()
+        after_eof = list(real.writes)
+        loop.run_held()
+        proto.connection_lost(None)
+        return written_before_eof, after_eof
+
+    before, after = asyncio.run(run())
+    assert before == [], "the response was held for the end of the tick"
+    assert len(after) == 1 and after[0].startswith(b"HTTP/1.1 200") and after[0].endswith(b'{"success":true,"echo":"7"}')
+
+
+def import_protocol(path: str) -> type:
+    module, _, name = path.partition(":")
+    return getattr(__import__(module, fromlist=[name]), name)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_head_expect_100_and_pipelined_requests_through_a_real_server(loop):
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    with serving(_app(), loop=loop) as url:
+        port = int(url.rsplit(":", 1)[1])
+        c = _client(port)
+        c.request("HEAD", "/small")
+        r = c.getresponse()
+        assert (r.status, r.read(), r.getheader("content-length")) == (200, b"", "26")
+        c.close()
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            body = b"x" * 1000
+            sock.sendall(b"POST /echo HTTP/1.1\r\nhost: t\r\ncontent-length: 1000\r\nexpect: 100-continue\r\n\r\n")
+            assert _read_until(sock, b"\r\n\r\n").startswith(b"HTTP/1.1 100 Continue")
+            sock.sendall(body)
+            head = _read_until(sock, b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200") and _read_exactly(sock, 1000) == body
+            # two requests in one segment: two whole responses, in order
+            sock.sendall(b"GET /small?n=1 HTTP/1.1\r\nhost: t\r\n\r\nGET /small?n=2 HTTP/1.1\r\nhost: t\r\n\r\n")
+            got = b""
+            while got.count(b'"success":true') < 2:
+                chunk = sock.recv(65536)
+                assert chunk, f"connection closed after {got!r}"
+                got += chunk
+            assert got.index(b'"echo":"1"') < got.index(b'"echo":"2"')
+
+
+def _read_until(sock: socket.socket, marker: bytes) -> bytes:
+    got = b""
+    while marker not in got:
+        chunk = sock.recv(1)
+        assert chunk, f"connection closed after {got!r}"
+        got += chunk
+    return got
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    got = b""
+    while len(got) < n:
+        chunk = sock.recv(n - len(got))
+        assert chunk
+        got += chunk
+    return got
