@@ -183,9 +183,15 @@ def _advise_on_tuning() -> None:
     if not url or url.startswith(CLUSTER_SCHEMES):
         return
     try:
-        advice = tuning_advice(connect(url))
+        client = connect(url)
+    except Exception:  # noqa: BLE001 - a bad URL: the web process reports it when it starts
+        return
+    try:
+        advice = tuning_advice(client)
     except Exception:  # noqa: BLE001 - Redis away: the web process rides that out and answers 503
         return
+    finally:
+        client.close()
     if advice:
         from .logs import json_line, log_format
 

@@ -175,17 +175,14 @@ class AccessLog:
 
         self.write = write or (lambda line: os.write(2, line))
         self.json = (fmt or log_format()) == "json"
-        self._second = -1
-        self._stamp = ""
         self._lines: list[bytes] = []
         self._size = 0
 
-    def _now(self) -> str:
-        """The text line's timestamp (whole seconds), formatted once per second."""
-        t = int(time.time())
-        if t != self._second:
-            self._second, self._stamp = t, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-        return self._stamp
+    @staticmethod
+    def _now() -> str:
+        """The text line's timestamp, whole seconds: the one ISO-8601 formatter
+        (``engine.service.iso_ms``, which formats each second once) without the milliseconds."""
+        return iso_ms(int(time.time()))[:-5] + "Z"
 
     def _json(self, method: str, path: str, status: int, ms: float, caller: str) -> bytes:
         return orjson.dumps({"ts": iso_ms(time.time()), "level": "INFO", "logger": "taskhub.access",

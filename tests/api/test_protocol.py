@@ -14,6 +14,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from uvicorn.importer import import_from_string
 
 import api.protocol as protocol
 from api.protocol import OneWriteTransport, http_protocol
@@ -166,6 +167,7 @@ def test_the_protocol_names():
     assert http_protocol("h11") == "api.protocol:H11OneWrite"
     assert http_protocol("httptools") == "api.protocol:HttpToolsOneWrite"
     assert http_protocol() in ("api.protocol:HttpToolsOneWrite", "api.protocol:H11OneWrite")
+    assert http_protocol() == http_protocol("httptools" if protocol.HttpToolsOneWrite else "h11")
     with pytest.raises(ValueError, match="unknown http protocol"):
         http_protocol("h3")
 
@@ -283,7 +285,7 @@ def test_a_client_that_half_closes_still_gets_the_response_written_in_that_tick(
     from uvicorn.config import Config
     from uvicorn.server import ServerState
 
-    cls = import_protocol(http_protocol(impl))
+    cls = import_from_string(http_protocol(impl))
 
     async def run() -> tuple[list[bytes], list[bytes]]:
         loop = HoldingLoop(asyncio.get_running_loop())
@@ -305,11 +307,6 @@ def test_a_client_that_half_closes_still_gets_the_response_written_in_that_tick(
     before, after = asyncio.run(run())
     assert before == [], "the response was held for the end of the tick"
     assert len(after) == 1 and after[0].startswith(b"HTTP/1.1 200") and after[0].endswith(b'{"success":true,"echo":"7"}')
-
-
-def import_protocol(path: str) -> type:
-    module, _, name = path.partition(":")
-    return getattr(__import__(module, fromlist=[name]), name)
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
