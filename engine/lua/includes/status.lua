@@ -43,14 +43,40 @@ local function recount(hashes, old, new)
   end
 end
 
+-- `n` tasks moved from `old` to `new` (both statuses), all counted in the same
+-- `hashes`: what n recounts give, with one move per hash and field.
+local function recount_n(hashes, old, new, n)
+  if DELTAS then
+    for _, h in ipairs(hashes) do
+      local d = DELTAS[h]
+      if not d then d = {}; DELTAS[h] = d end
+      d[old] = (d[old] or 0) - n
+      d[new] = (d[new] or 0) + n
+    end
+    return
+  end
+  for _, h in ipairs(hashes) do
+    redis.call('HINCRBY', h, old, int(-n))
+    redis.call('HINCRBY', h, new, int(n))
+  end
+end
+
+-- The task hash and the event of a status change, without its counters: for a
+-- script that moves many tasks counted in the same hashes at once and counts
+-- them with one recount_n per set of hashes. `...`: more field/value pairs of
+-- the task hash, written in the same HSET.
+local function restatus(id, old, new, actor, ...)
+  redis.call('HSET', K .. 't:' .. id, 'st', new, 'ua', STAMP, ...)
+  emit(id, old or '', new, actor)
+end
+
 -- old = nil: the task is new (its hash is created here with `st`). `extra`
 -- (optional): more field/value pairs of the task hash, written in the same HSET.
 local function change_status(id, old, new, actor, hashes, extra)
   if extra then
-    redis.call('HSET', K .. 't:' .. id, 'st', new, 'ua', STAMP, unpack(extra))
+    restatus(id, old, new, actor, unpack(extra))
   else
-    redis.call('HSET', K .. 't:' .. id, 'st', new, 'ua', STAMP)
+    restatus(id, old, new, actor)
   end
   recount(hashes, old, new)
-  emit(id, old or '', new or '', actor)
 end

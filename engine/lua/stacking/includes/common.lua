@@ -51,16 +51,20 @@ end
 -- twenty folders builds twenty lists, not a thousand): the names are pure
 -- functions of (folder, server), and a folder belongs to one request.
 local STATS, HASHES = K .. 'stats', {}
-local function counter_hashes(t)
-  local by_folder = HASHES[t.fo]
-  if not by_folder then by_folder = {}; HASHES[t.fo] = by_folder end
-  local hs = by_folder[t.asg]
+local function folder_counter_hashes(fo, req, asg)
+  local by_folder = HASHES[fo]
+  if not by_folder then by_folder = {}; HASHES[fo] = by_folder end
+  local hs = by_folder[asg]
   if not hs then
-    hs = {K .. 'fc:' .. t.fo, K .. 'rc:' .. t.req, STATS}
-    if t.asg ~= '' then hs[4] = K .. 'fs:' .. t.fo .. ':' .. t.asg end
-    by_folder[t.asg] = hs
+    hs = {K .. 'fc:' .. fo, K .. 'rc:' .. req, STATS}
+    if asg ~= '' then hs[4] = K .. 'fs:' .. fo .. ':' .. asg end
+    by_folder[asg] = hs
   end
   return hs
+end
+
+local function counter_hashes(t)
+  return folder_counter_hashes(t.fo, t.req, t.asg)
 end
 
 -- Every stacking status change: the shared change_status with this contract's counters.
