@@ -27,6 +27,8 @@ import asyncio
 import time
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from engine.calls import Call, Plan, finish_all, run_batch, unloaded
 from engine.core import Core
 
@@ -81,7 +83,8 @@ class Batcher:
                 _fail(batch, flat)
                 return
             replies = plan.replies(flat)
-            retry = [] if retried else unloaded(replies)
+            # NOSCRIPT refuses a whole command: look at the batch's few commands before its calls
+            retry = unloaded(replies) if not retried and any(isinstance(f, NoScriptError) for f in flat) else []
             if retry:  # NOSCRIPT: Redis lost its scripts (restarted); load them and send those calls again, once
                 try:
                     self.core.scripts.load_all()

@@ -12,7 +12,7 @@ import time
 from typing import Any, Awaitable, Callable, Sequence
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -63,16 +63,33 @@ class JSON(Response):
         return content if isinstance(content, bytes) else orjson.dumps(content)
 
 
-async def read_json(request: Request, limit: int = MAX_BODY, required: bool = True) -> Any:
-    """The request body as JSON; ``{}`` for an empty optional body. Raises InvalidInput/PayloadTooLarge."""
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The request body, read once from ASGI ``receive`` (what ``Request.stream()`` does,
+    without an async generator: the event loop registers each one in a WeakSet, about a
+    microsecond of a hot request). Raises PayloadTooLarge past ``limit`` bytes, and
+    Starlette's ClientDisconnect if the client goes away first."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-    body = b"".join(chunks)  # joined once: appending to bytes would copy 100 MB imports quadratically
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                chunks.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)  # joined once: no quadratic copies of 100 MB imports
+
+
+async def read_json(request: Request, limit: int = MAX_BODY, required: bool = True) -> Any:
+    """The request body as JSON; ``{}`` for an empty optional body. Raises InvalidInput/PayloadTooLarge."""
+    body = await read_body(request, limit)
     if not body.strip():
         if required:
             raise InvalidInput("a JSON body is required")
@@ -177,12 +194,17 @@ class AccessLog:
         self.json = (fmt or log_format()) == "json"
         self._lines: list[bytes] = []
         self._size = 0
+        self._stamp: tuple[int, str] = (-1, "")
 
-    @staticmethod
-    def _now() -> str:
+    def _now(self) -> str:
         """The text line's timestamp, whole seconds: the one ISO-8601 formatter
-        (``engine.service.iso_ms``, which formats each second once) without the milliseconds."""
-        return iso_ms(int(time.time()))[:-5] + "Z"
+        (``engine.service.iso_ms``) without the milliseconds, derived once per second
+        (deriving it per line was 0.76 us of a line's 1.9 us). One tuple, read once."""
+        second = int(time.time())
+        stamp = self._stamp
+        if stamp[0] != second:
+            stamp = self._stamp = (second, iso_ms(second)[:-5] + "Z")
+        return stamp[1]
 
     def _json(self, method: str, path: str, status: int, ms: float, caller: str) -> bytes:
         return orjson.dumps({"ts": iso_ms(time.time()), "level": "INFO", "logger": "taskhub.access",

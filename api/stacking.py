@@ -57,7 +57,9 @@ def _key(request: Request) -> ApiKey:
 
 
 def _served(request: Request, sid: str) -> None:
-    request.state.caller = f"server:{sid}"
+    """The caller for the access log: the scope's state dict, which ``request.state`` wraps
+    in a new object on every request."""
+    request.scope.setdefault("state", {})["caller"] = f"server:{sid}"
 
 
 async def _body(request: Request, key: ApiKey, required: bool = True, stacking: bool = True) -> dict:

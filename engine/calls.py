@@ -159,13 +159,14 @@ def unloaded(replies: list[list]) -> list[int]:
 
 def finish_all(calls: Sequence[Call], replies: Sequence[list]) -> list[tuple[bool, Any]]:
     """Each call's ``finish`` over its replies: ``(True, result)``, or ``(False, exception)`` (an
-    error reply of its own, or what ``finish`` raised)."""
+    error reply of its own, or what ``finish`` raised). A plain loop finds the error reply:
+    a generator per call was a tenth of a web batch's Python (py-spy)."""
     out: list[tuple[bool, Any]] = []
     for call, rs in zip(calls, replies):
         try:
-            err = next((r for r in rs if isinstance(r, Exception)), None)
-            if err is not None:
-                raise err
+            for r in rs:
+                if isinstance(r, Exception):
+                    raise r
             out.append((True, call.finish(rs)))
         except Exception as exc:  # noqa: BLE001 - handed to the caller of that call
             out.append((False, exc))

@@ -13,6 +13,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, TypeVar, Union
 
 import orjson
@@ -82,7 +83,11 @@ def validate_metrics(body: dict) -> dict:
     return out
 
 
+@lru_cache(maxsize=4096)
 def hash_key(api_key: str) -> str:
+    """SHA-256 of an API key, as stored (``skey:<hash>``). Remembered for the few thousand
+    keys a fleet uses: every worker request hashes its key, and a key that is deleted
+    still stops working at once (the script resolves ``skey:<hash>`` on each request)."""
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 

@@ -1,11 +1,13 @@
 """The worker-facing stacking contract over HTTP (stacking.md, seed 000), on both backends."""
+import asyncio
 from datetime import datetime, timezone
 
 import pytest
+from starlette.requests import ClientDisconnect, Request
 from starlette.testclient import TestClient
 
 from api.app import create_app
-from api.http import MAX_BODY
+from api.http import MAX_BODY, read_body
 from tests.helpers import assert_refused, link, online_server, request_doc, state, ids
 
 SEED_FIELDS = ["id", "request_id", "status", "domain", "website", "title", "about", "phone",
@@ -238,6 +240,32 @@ def test_body_over_one_mebibyte_is_413(engine, client, worker, chunked):
     refused = assert_refused(engine, lambda: client.post(f"{LINKS}/{tid}/fail", headers=worker[1], content=send()),
                              413, "payload_too_large")
     assert set(refused) == {"success", "message", "code"}
+
+
+def test_a_body_sent_in_chunks_is_read_whole(engine, client, worker):
+    tid = started(engine, client, worker[1])
+    parts = [b'{"error_message": "dis', b'k full", ', b'"note": "retry later"}']
+    assert client.post(f"{LINKS}/{tid}/fail", headers=worker[1], content=iter(parts)).json() == OK
+    assert engine.stacking.task_state(tid)["error_message"] == "disk full"
+
+
+def _receiving(*messages: dict) -> Request:
+    queue = list(messages)
+
+    async def receive() -> dict:
+        return queue.pop(0)
+
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": []}, receive)
+
+
+def test_read_body_joins_chunks_and_stops_at_a_disconnect():
+    whole = _receiving({"type": "http.request", "body": b"ab", "more_body": True},
+                       {"type": "http.request", "body": b"", "more_body": True},
+                       {"type": "http.request", "body": b"cd", "more_body": False})
+    assert asyncio.run(read_body(whole)) == b"abcd"
+    gone = _receiving({"type": "http.request", "body": b"ab", "more_body": True}, {"type": "http.disconnect"})
+    with pytest.raises(ClientDisconnect):
+        asyncio.run(read_body(gone))
 
 
 def test_body_of_exactly_one_mebibyte_is_accepted(engine, client, worker):
