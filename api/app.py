@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from functools import partial
 
 import redis
 from starlette.applications import Starlette
@@ -24,7 +25,7 @@ from engine.errors import EngineError, InvalidInput, NotFound, Unavailable
 from . import admin, dashboard, devices, metrics, openapi, stacking, taskcenter
 from .batch import Batcher
 from .hot import HotRoutes
-from .http import AccessLog, BodyLimit, JSON, Timed, access_log_enabled
+from .http import AccessLog, BodyLimit, JSON, Timed, access_log_enabled, oversized
 from .logs import configure_logging  # text or JSON lines (TASKHUB_LOG_FORMAT)
 
 log = logging.getLogger("taskhub.api")
@@ -101,10 +102,13 @@ def create_app(engine: Engine | None = None, access_log: bool | None = None, hot
         routes=[*stacking.routes, *admin.routes, *devices.routes, *taskcenter.routes,
                 *openapi.routes, *metrics.routes, *dashboard.routes],
         middleware=[*([Middleware(Timed, observers=observers)] if observers else []),
-                    Middleware(BodyLimit, render=render_error, bulk_prefixes=admin.BULK_PREFIXES),
-                    *([Middleware(HotRoutes, routes=stacking.routes, handlers=handlers)] if hot_routes else [])],
+                    Middleware(BodyLimit, render=render_error, bulk_prefixes=admin.BULK_PREFIXES)],
         exception_handlers=handlers,
     )
+    if hot_routes:  # in front of the whole stack Starlette builds (api/hot.py says why)
+        app.middleware_stack = HotRoutes(app.build_middleware_stack(), stacking.routes, handlers, observers,
+                                         body_limit=partial(oversized, render=render_error,
+                                                            bulk_prefixes=admin.BULK_PREFIXES))
     app.state.engine = engine or Engine.from_env()
     app.state.batch = Batcher(app.state.engine.core)
     app.state.device_batch = Batcher(app.state.engine.devices.core)

@@ -117,13 +117,22 @@ class BodyLimit:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            limit = MAX_BULK_BODY if scope["path"].startswith(self.bulk_prefixes) else MAX_BODY
-            for name, value in scope["headers"]:
-                if name == b"content-length" and value.isdigit() and int(value) > limit:
-                    await self.render(scope, PayloadTooLarge(f"request body exceeds {limit} bytes"))(
-                        scope, receive, send)
-                    return
+            refusal = oversized(scope, self.render, self.bulk_prefixes)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+
+def oversized(scope: Scope, render: Callable[[Scope, EngineError], Response],
+              bulk_prefixes: tuple[str, ...] = ()) -> Response | None:
+    """The 413 for an HTTP request whose declared Content-Length is over its limit
+    (``MAX_BULK_BODY`` under ``bulk_prefixes``, else ``MAX_BODY``), else None."""
+    limit = MAX_BULK_BODY if scope["path"].startswith(bulk_prefixes) else MAX_BODY
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            return render(scope, PayloadTooLarge(f"request body exceeds {limit} bytes"))
+    return None
 
 
 def access_log_enabled() -> bool:

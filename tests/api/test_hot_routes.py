@@ -142,3 +142,21 @@ def test_the_served_app_settles_the_gc_once_built():
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_a_hot_refusal_and_a_hot_500_are_logged_with_the_status_sent(engine, world, capfd, monkeypatch):
+    monkeypatch.delenv("TASKHUB_ACCESS_LOG", raising=False)
+    k = {"X-API-Key": world["key"]}
+    client = TestClient(create_app(engine), raise_server_exceptions=False)
+    capfd.readouterr()
+    big = client.post(f"{LINKS}/{world['running']}/complete", headers=k, content=b" " * (MAX_BODY + 1))
+    assert big.status_code == 413
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(engine.stacking, "start_call", boom)
+    assert client.post(f"{LINKS}/{world['claimed']}/start", headers=k).status_code == 500
+    lines = [x for x in capfd.readouterr().err.splitlines() if " access " in x]
+    assert [line.split()[3:5] for line in lines] == [[f"{LINKS}/{world['running']}/complete", "413"],
+                                                     [f"{LINKS}/{world['claimed']}/start", "500"]]
