@@ -15,7 +15,7 @@ ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] offline after ms
 ARGV[5..] items of 4: caller key (full name: skey:<sha256 of API key> or s:<server id>), task id,
           link_post JSON-encoded ('' = not given), note
 Derived keys: the callers', t:<task>, f:<folder>, r:<request>, counters, ft:, fr:2:, fu:2/fb:2: (barrier).
-Returns one reply per item: {"ok", server id} | an auth refusal | {"not_found"} | {"bad_state", status}
+Returns one reply per item: the caller's server id (a string: it went through) | an auth refusal | {"not_found"} | {"bad_state", status}
         | {"not_task_owner", status} | {"link_post_required", status}
 Events: one per completed task, plus one per task a barrier moves.
 ]]
@@ -44,7 +44,7 @@ for i = 5, #ARGV, 4 do
       set_status(t, 'completed', sid, extra)
       task_terminal(t)
     end
-    out[#out + 1] = ok_reply(sid)
+    out[#out + 1] = sid
   else
     out[#out + 1] = refusal
   end

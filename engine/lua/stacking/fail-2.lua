@@ -15,7 +15,7 @@ ARGV[5] retry base ms  ARGV[6] retry cap ms
 ARGV[7..] items of 4: caller key (full name: skey:<sha256 of API key> or s:<server id>), task id,
           error_message, note
 Derived keys: the callers', t:<task>, counters, events.
-Returns one reply per item: {"ok", server id} | an auth refusal | {"not_found"} | {"bad_state", status}
+Returns one reply per item: the caller's server id (a string: it went through) | an auth refusal | {"not_found"} | {"bad_state", status}
         | {"not_task_owner", status}
 Events: one per failed task.
 ]]
@@ -33,7 +33,7 @@ for i = 7, #ARGV, 4 do
   local sid, t, refusal = held_task(ARGV[i], ARGV[i + 1], offline_after, RUNNING, true)
   if sid then
     fail_task(t, ARGV[i + 2], sid, base, cap, ARGV[i + 3], later)
-    out[#out + 1] = ok_reply(sid)
+    out[#out + 1] = sid
   else
     out[#out + 1] = refusal
   end

@@ -13,7 +13,7 @@ ARGV[1] K  ARGV[2] now ms  ARGV[3] events maxlen  ARGV[4] offline after ms  ARGV
 ARGV[6..] items of 2: caller key (full name: skey:<sha256 of API key>, authenticated and authorized
           here, or s:<server id>), task id
 Derived keys: the callers', t:<task>, counters, events.
-Returns one reply per item: {"ok", server id} | an auth refusal | {"not_found"} | {"bad_state", status}
+Returns one reply per item: the caller's server id (a string: it went through) | an auth refusal | {"not_found"} | {"bad_state", status}
         | {"not_task_owner", status}
 Events: one per started task.
 ]]
@@ -33,7 +33,7 @@ for i = 6, #ARGV, 2 do
     started[#started + 1] = t.id
     leases[#leases + 1] = deadline
     leases[#leases + 1] = t.id
-    out[#out + 1] = ok_reply(sid)
+    out[#out + 1] = sid
   else
     out[#out + 1] = refusal
   end

@@ -62,13 +62,3 @@ local function held_task(ckey, tid, offline_after, statuses, retries)
   if t.own ~= sid then return nil, nil, {'not_task_owner', t.st} end
   return sid, t, nil
 end
-
--- {"ok", server id}, the reply of an item that went through: one table per
--- caller, shared by all of its items in a call (a thousand-item call would
--- otherwise allocate a thousand identical tables).
-local OK_REPLIES = {}
-local function ok_reply(sid)
-  local r = OK_REPLIES[sid]
-  if not r then r = {'ok', sid}; OK_REPLIES[sid] = r end
-  return r
-end
