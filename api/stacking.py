@@ -43,17 +43,21 @@ def error_response(exc: EngineError) -> JSON:
 
 
 def _engine(request: Request):
-    return request.app.state.engine
+    return request.scope["app"].engine  # api.app.App: the same object as app.state.engine
 
 
 def _batch(request: Request) -> Batcher:
-    return request.app.state.batch
+    return request.scope["app"].batch
 
 
 def _key(request: Request) -> ApiKey:
     """The caller's credential; the engine's script resolves and authorizes it in
-    the same round trip as the work (includes/auth.lua)."""
-    return ApiKey(request.headers.get("x-api-key") or "")
+    the same round trip as the work (includes/auth.lua). Read from the ASGI header list
+    (names are lowercase) without building Starlette's Headers."""
+    for name, value in request.scope["headers"]:
+        if name == b"x-api-key":
+            return ApiKey(value.decode("latin-1"))
+    return ApiKey("")
 
 
 def _served(request: Request, sid: str) -> None:
