@@ -14,8 +14,9 @@ So this is the app's outermost layer (``create_app`` puts it in front of the
 middleware stack Starlette builds; ``Starlette.__call__`` still sets
 ``scope["app"]``). For a request whose method and path fit one of its routes
 it does what those layers would, in one frame: the declared body size check
-(``BodyLimit.refusal``, the same 413), the route's own handler with a
-Starlette ``Request``, an exception rendered by the app's own handler for it,
+(``api.http.oversized``, the same 413, answered before a route is matched, so
+it is counted unmatched as before), the route's own handler with a Starlette
+``Request``, an exception rendered by the app's own handler for it,
 an unexpected one by the app's 500 handler, sent and then raised, as
 ``ServerErrorMiddleware`` does, and the observers of ``Timed`` (access log,
 latency histogram) called with the status sent and the duration. The routes
@@ -113,9 +114,10 @@ class HotRoutes:
         started = time.perf_counter()
         status, sending = 500, False
         try:
-            scope["route"], scope["endpoint"], scope["path_params"] = route, route.endpoint, params
+            # The size check first, as BodyLimit runs before the router: a 413 is counted unmatched.
             response = self.body_limit(scope) if self.body_limit is not None else None
             if response is None:
+                scope["route"], scope["endpoint"], scope["path_params"] = route, route.endpoint, params
                 request = Request(scope, receive, send)
                 try:
                     response = await route.endpoint(request)

@@ -160,3 +160,18 @@ def test_a_hot_refusal_and_a_hot_500_are_logged_with_the_status_sent(engine, wor
     lines = [x for x in capfd.readouterr().err.splitlines() if " access " in x]
     assert [line.split()[3:5] for line in lines] == [[f"{LINKS}/{world['running']}/complete", "413"],
                                                      [f"{LINKS}/{world['claimed']}/start", "500"]]
+
+
+def test_a_hot_413_is_counted_unmatched_as_behind_the_router(engine, world):
+    from api import metrics
+
+    def unmatched_4xx() -> float:
+        return sum(s.value for m in metrics.REQUEST_SECONDS.collect() for s in m.samples
+                   if s.name.endswith("_count") and s.labels["route"] == metrics.UNMATCHED
+                   and s.labels["status"] == "4xx" and s.labels["method"] == "POST")
+
+    path, big = f"{LINKS}/{world['running']}/complete", b" " * (MAX_BODY + 1)
+    for app in (create_app(engine), create_app(engine, hot_routes=False)):
+        n0 = unmatched_4xx()
+        assert TestClient(app).post(path, headers={"X-API-Key": world["key"]}, content=big).status_code == 413
+        assert unmatched_4xx() == n0 + 1
