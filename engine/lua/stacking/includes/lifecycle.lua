@@ -46,8 +46,8 @@ end
 -- folder's ready set, its claim index entry and the status counters are
 -- written once for the whole folder (one recount_n per assigned server), not
 -- once per task; each task gets its own HSET and event, in folder order.
--- Callgrind (bench/instructions.py): a per-task table and a recount per task
--- cost the chain-mode barrier about a third of its instructions.
+-- Callgrind: a per-task table and a recount per task cost the chain-mode
+-- barrier about a sixth of its instructions (88,779 -> 75,334 per task).
 local function barrier(fid, actor)
   local fk = K .. 'f:' .. fid
   local f = redis.call('HMGET', fk, 'req', 'mode')
