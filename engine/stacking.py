@@ -4,8 +4,10 @@ Python validates input and shapes output; every state change is one script in
 ``engine/lua`` (create_request, claim, start, complete, fail, retry, sweep).
 
 A task's documented fields that never change (domain, website, title, about as
-HTML, phone, address, location, image_url) are one pre-encoded JSON fragment,
-stored once in the ``bodies`` hash under the task id. The fields that do change
+HTML, phone, address, location, image_url) are stored once, pre-encoded, in the
+``bodies`` hash under the task id: their eight JSON values without their keys
+(``encode_body``; the keys were a tenth of a stored task), put back by one
+bytes format when the task is rendered (``body_fragment``). The fields that do change
 (status, link_post, connect_links) and the ids (id, request_id, folder_id) come
 from the task hash. A pull is the claim script (ids and the few live fields)
 plus one HMGET of the bodies, joined here as bytes: a 1000-task pull is never
@@ -92,13 +94,38 @@ def _validate_task(task: Any, fi: int, ti: int) -> None:
             _text(v, f"folders[{fi}].tasks[{ti}].{f}", required=required)
 
 
+# A stored body (``encode_body``): a version byte, then the JSON values of BODY_FIELDS
+# joined by NUL. orjson escapes every control character inside a string, so a NUL
+# byte can only be a separator. A body stored before this encoding (a JSON fragment
+# with its keys, which starts with '"') is read as it was written.
+BODY_FIELDS = ("domain", "website", "title", "about", "phone", "address", "location", "image_url")
+_BODY_V1, _SEP = b"\x01", b"\x00"
+_FRAGMENT = b",".join(b'"%s":%%b' % f.encode() for f in BODY_FIELDS)
+_ABOUT_AT = BODY_FIELDS.index("about")
+
+
 def _body(task: dict, website: str) -> bytes:
     """The stored body of a validated task: its immutable documented fields, in the
-    seed's order, as a JSON fragment (no braces), ``about`` as HTML."""
+    seed's order, ``about`` as HTML (``encode_body``)."""
     g = task.get
-    return orjson.dumps({"domain": g("domain"), "website": g("website") or website, "title": g("title"),
-                         "about": g("about") or "", "phone": g("phone") or "", "address": g("address") or "",
-                         "location": g("location") or "", "image_url": g("image_url") or ""})[1:-1]
+    return encode_body((g("domain"), g("website") or website, g("title"), g("about") or "", g("phone") or "",
+                        g("address") or "", g("location") or "", g("image_url") or ""))
+
+
+def encode_body(values: Sequence[Any]) -> bytes:
+    """BODY_FIELDS' values as stored: JSON values only, the keys are the format's."""
+    return _BODY_V1 + _SEP.join(map(orjson.dumps, values))
+
+
+def body_fragment(stored: bytes, phase2: bool) -> bytes:
+    """The task object's fields from a stored body, as a JSON fragment (no braces), in
+    the seed's order; in phase 2 ``about`` is plain text (``html_to_text``)."""
+    if stored[:1] != _BODY_V1:
+        return phase2_body(stored) if phase2 else stored
+    values = stored[1:].split(_SEP)
+    if phase2:
+        values[_ABOUT_AT] = orjson.dumps(html_to_text(orjson.loads(values[_ABOUT_AT])))
+    return _FRAGMENT % tuple(values)
 
 
 def _https_url(value: Any, field: str) -> str:
@@ -130,8 +157,9 @@ _ABOUT, _PHONE = b',"about":', b',"phone":'
 
 
 def phase2_body(body: bytes) -> bytes:
-    """``body`` with ``about`` as plain text. JSON escapes every '"' inside a
-    string, so the key sequences found here can only be the keys themselves."""
+    """``body``, a JSON fragment with its keys (bodies stored before ``encode_body``),
+    with ``about`` as plain text. JSON escapes every '"' inside a string, so the
+    key sequences found here can only be the keys themselves."""
     head, rest = body.split(_ABOUT, 1)
     about, tail = rest.split(_PHONE, 1)
     return head + _ABOUT + orjson.dumps(html_to_text(orjson.loads(about))) + _PHONE + tail
@@ -140,8 +168,8 @@ def phase2_body(body: bytes) -> bytes:
 def render_task(tid: bytes, rid: bytes, status: bytes, body: bytes, fid: bytes, link_post: bytes,
                 connect_links: bytes | None) -> bytes:
     """A task's documented JSON object, in the seed's field order. ``rid``/``fid``
-    are JSON strings; ``body`` is the stored fragment (phase-2 ``about`` already
-    applied by the caller); ``connect_links`` is given in phase 2 only."""
+    are JSON strings; ``body`` is ``body_fragment``'s (phase-2 ``about`` already
+    applied); ``connect_links`` is given in phase 2 only."""
     out = (b'{"id":"' + tid + b'","request_id":' + rid + b',"status":"' + status + b'",' + body
            + b',"folder_id":' + fid + b',"link_post":' + link_post)
     if connect_links is not None:
@@ -383,8 +411,8 @@ class Stacking:
         out = []
         for j, i in enumerate(range(0, len(flat), 6)):
             phase2 = flat[i + 1] == b"2"
-            body = phase2_body(bodies[j]) if phase2 else bodies[j]
-            out.append(render_task(flat[i], q(flat[i + 5]), PULL_STATUS[flat[i + 1]], body, q(flat[i + 4]),
+            out.append(render_task(flat[i], q(flat[i + 5]), PULL_STATUS[flat[i + 1]],
+                                   body_fragment(bodies[j], phase2), q(flat[i + 4]),
                                    flat[i + 2], flat[i + 3] if phase2 else None))
         return sid, out
 
@@ -445,7 +473,7 @@ class Stacking:
                 raise NotFound("task not found")
             phase2 = cl is not None  # the barrier writes connect_links exactly on the tasks it moves to phase 2
             return render_task(task_id.encode(), orjson.dumps(req.decode()), st,
-                               phase2_body(body) if phase2 else body, orjson.dumps(fo.decode()),
+                               body_fragment(body, phase2), orjson.dumps(fo.decode()),
                                lp or b'""', cl if phase2 else None)
 
         return Call(reads, finish)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from engine.stacking import html_to_text, phase2_body
+from engine.stacking import BODY_FIELDS, body_fragment, encode_body, html_to_text, phase2_body
 from tests.helpers import link, online_server, request_doc
 
 
@@ -55,3 +55,38 @@ def test_phase2_task_reads_plain_text_about_phase1_html(engine):
 def test_a_body_is_stored_once_per_task(engine):
     engine.stacking.create_request(request_doc(folders=2, tasks=5))
     assert sum(c.r.hlen(c.keys.bodies) for c in engine.stacking.shards) == 10
+
+
+TRICKY = {"domain": "docs.google.com", "website": "https://w.example", "title": 'T ,"about":"x"\u0000 \x01',
+          "about": "<p>real <b>one</b> \u00e9\U0001F600</p>", "phone": "", "address": "a\\b\n",
+          "location": "", "image_url": "https://i.example/x.jpg"}
+
+
+def test_a_stored_body_keeps_values_not_keys():
+    stored = encode_body([TRICKY[f] for f in BODY_FIELDS])
+    assert b'"domain"' not in stored and b'"about"' not in stored
+    assert len(stored) < len(orjson.dumps(TRICKY)) - sum(len(f) + 3 for f in BODY_FIELDS) + len(BODY_FIELDS)
+    assert orjson.loads(b"{" + body_fragment(stored, False) + b"}") == TRICKY
+    assert list(orjson.loads(b"{" + body_fragment(stored, False) + b"}")) == list(BODY_FIELDS)  # the seed's order
+    assert orjson.loads(b"{" + body_fragment(stored, True) + b"}") == {**TRICKY, "about": "real one \u00e9\U0001F600"}
+
+
+def test_a_body_stored_before_the_encoding_still_renders(engine):
+    """A server's bodies written by an earlier version (JSON fragments with keys) read as before."""
+    caller, _ = online_server(engine)
+    engine.stacking.create_request(request_doc(tasks=2, mode="chain", about="<p>Hi &amp; bye</p>"))
+    core = engine.stacking.core
+    ids = [t.decode() for t in core.r.hkeys(core.keys.bodies)]
+    new = {t: orjson.loads(engine.stacking.get_task(t)) for t in ids}
+    for t in ids:  # rewrite each body the way earlier versions stored it
+        old = orjson.dumps({f: new[t][f] for f in BODY_FIELDS})[1:-1]
+        core.r.hset(core.keys.bodies, t, old)
+    assert {t: orjson.loads(engine.stacking.get_task(t)) for t in ids} == new
+    pulled = [orjson.loads(t) for t in engine.stacking.claim(caller.id, 2)]
+    assert {t["id"]: t for t in pulled} == {t: {**new[t], "status": "register"} for t in ids}
+    for t in ids:
+        engine.stacking.start(caller.id, t)
+        engine.stacking.complete(caller.id, t, link(t))
+    phase2 = [orjson.loads(t) for t in engine.stacking.claim(caller.id, 2, "connect")]
+    assert {t["about"] for t in phase2} == {"Hi & bye"}
+    assert {t["title"] for t in phase2} == {new[t]["title"] for t in ids}
