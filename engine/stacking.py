@@ -6,8 +6,8 @@ Python validates input and shapes output; every state change is one script in
 A task's documented fields that never change (domain, website, title, about as
 HTML, phone, address, location, image_url) are stored once, pre-encoded, in the
 ``bodies`` hash under the task id: their eight JSON values without their keys
-(``encode_body``; the keys were a tenth of a stored task), put back by one
-bytes format when the task is rendered (``body_fragment``). The fields that do change
+(``encode_body``; the keys were a tenth of a stored task), put back by the
+bytes format that renders the task (``render_task``). The fields that do change
 (status, link_post, connect_links) and the ids (id, request_id, folder_id) come
 from the task hash. A pull is the claim script (ids and the few live fields)
 plus one HMGET of the bodies, joined here as bytes: a 1000-task pull is never
@@ -117,17 +117,6 @@ def encode_body(values: Sequence[Any]) -> bytes:
     return _BODY_V1 + _SEP.join(map(orjson.dumps, values))
 
 
-def body_fragment(stored: bytes, phase2: bool) -> bytes:
-    """The task object's fields from a stored body, as a JSON fragment (no braces), in
-    the seed's order; in phase 2 ``about`` is plain text (``html_to_text``)."""
-    if stored[:1] != _BODY_V1:
-        return phase2_body(stored) if phase2 else stored
-    values = stored[1:].split(_SEP)
-    if phase2:
-        values[_ABOUT_AT] = orjson.dumps(html_to_text(orjson.loads(values[_ABOUT_AT])))
-    return _FRAGMENT % tuple(values)
-
-
 def _https_url(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value.startswith("https://") or len(value) > 2048 or len(value) <= 8:
         raise InvalidInput(f"{field} must be an https:// URL of at most 2048 characters")
@@ -165,11 +154,31 @@ def phase2_body(body: bytes) -> bytes:
     return head + _ABOUT + orjson.dumps(html_to_text(orjson.loads(about))) + _PHONE + tail
 
 
-def render_task(tid: bytes, rid: bytes, status: bytes, body: bytes, fid: bytes, link_post: bytes,
+_HEAD = b'{"id":"%b","request_id":%b,"status":"%b",'
+_TASK = _HEAD + _FRAGMENT + b',"folder_id":%b,"link_post":%b}'
+_TASK2 = _HEAD + _FRAGMENT + b',"folder_id":%b,"link_post":%b,"connect_links":%b}'
+
+
+def render_task(tid: bytes, rid: bytes, status: bytes, stored: bytes, fid: bytes, link_post: bytes,
                 connect_links: bytes | None) -> bytes:
-    """A task's documented JSON object, in the seed's field order. ``rid``/``fid``
-    are JSON strings; ``body`` is ``body_fragment``'s (phase-2 ``about`` already
-    applied); ``connect_links`` is given in phase 2 only."""
+    """A task's documented JSON object, in the seed's field order, from its stored body
+    (``encode_body``). ``rid``/``fid`` are JSON strings; ``connect_links`` is given in
+    phase 2 only, where ``about`` is plain text (``html_to_text``). One bytes format
+    builds the whole object: a 1000-task pull renders each task with one copy."""
+    if stored[:1] != _BODY_V1:
+        return _render_keyed(tid, rid, status, stored, fid, link_post, connect_links)
+    values = stored[1:].split(_SEP)
+    if connect_links is None:
+        return _TASK % (tid, rid, status, *values, fid, link_post)
+    values[_ABOUT_AT] = orjson.dumps(html_to_text(orjson.loads(values[_ABOUT_AT])))
+    return _TASK2 % (tid, rid, status, *values, fid, link_post, connect_links)
+
+
+def _render_keyed(tid: bytes, rid: bytes, status: bytes, body: bytes, fid: bytes, link_post: bytes,
+                  connect_links: bytes | None) -> bytes:
+    """``render_task`` of a body stored before ``encode_body``: a JSON fragment with its keys."""
+    if connect_links is not None:
+        body = phase2_body(body)
     out = (b'{"id":"' + tid + b'","request_id":' + rid + b',"status":"' + status + b'",' + body
            + b',"folder_id":' + fid + b',"link_post":' + link_post)
     if connect_links is not None:
@@ -411,8 +420,7 @@ class Stacking:
         out = []
         for j, i in enumerate(range(0, len(flat), 6)):
             phase2 = flat[i + 1] == b"2"
-            out.append(render_task(flat[i], q(flat[i + 5]), PULL_STATUS[flat[i + 1]],
-                                   body_fragment(bodies[j], phase2), q(flat[i + 4]),
+            out.append(render_task(flat[i], q(flat[i + 5]), PULL_STATUS[flat[i + 1]], bodies[j], q(flat[i + 4]),
                                    flat[i + 2], flat[i + 3] if phase2 else None))
         return sid, out
 
@@ -471,10 +479,9 @@ class Stacking:
             (st, lp, cl, fo, req), body = replies[-2:]
             if st is None or body is None:
                 raise NotFound("task not found")
-            phase2 = cl is not None  # the barrier writes connect_links exactly on the tasks it moves to phase 2
-            return render_task(task_id.encode(), orjson.dumps(req.decode()), st,
-                               body_fragment(body, phase2), orjson.dumps(fo.decode()),
-                               lp or b'""', cl if phase2 else None)
+            # cl: the barrier writes connect_links exactly on the tasks it moves to phase 2
+            return render_task(task_id.encode(), orjson.dumps(req.decode()), st, body, orjson.dumps(fo.decode()),
+                               lp or b'""', cl)
 
         return Call(reads, finish)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from engine.stacking import BODY_FIELDS, body_fragment, encode_body, html_to_text, phase2_body
+from engine.stacking import BODY_FIELDS, encode_body, html_to_text, phase2_body, render_task
 from tests.helpers import link, online_server, request_doc
 
 
@@ -66,9 +66,18 @@ def test_a_stored_body_keeps_values_not_keys():
     stored = encode_body([TRICKY[f] for f in BODY_FIELDS])
     assert b'"domain"' not in stored and b'"about"' not in stored
     assert len(stored) < len(orjson.dumps(TRICKY)) - sum(len(f) + 3 for f in BODY_FIELDS) + len(BODY_FIELDS)
-    assert orjson.loads(b"{" + body_fragment(stored, False) + b"}") == TRICKY
-    assert list(orjson.loads(b"{" + body_fragment(stored, False) + b"}")) == list(BODY_FIELDS)  # the seed's order
-    assert orjson.loads(b"{" + body_fragment(stored, True) + b"}") == {**TRICKY, "about": "real one \u00e9\U0001F600"}
+    ids = (b"t-1", b'"r-1"', b"register")
+    phase1 = orjson.loads(render_task(*ids, stored, b'"f-1"', b'""', None))
+    assert phase1 == {"id": "t-1", "request_id": "r-1", "status": "register", **TRICKY, "folder_id": "f-1",
+                      "link_post": ""}
+    assert list(phase1) == ["id", "request_id", "status", *BODY_FIELDS, "folder_id", "link_post"]  # the seed's order
+    phase2 = orjson.loads(render_task(*ids, stored, b'"f-1"', b'"https://l.example"', b'["https://c.example"]'))
+    assert phase2 == {**phase1, **TRICKY, "about": "real one \u00e9\U0001F600", "link_post": "https://l.example",
+                      "connect_links": ["https://c.example"]}
+    keyed = orjson.dumps(TRICKY)[1:-1]  # the same task stored before encode_body renders the same
+    assert render_task(*ids, keyed, b'"f-1"', b'""', None) == render_task(*ids, stored, b'"f-1"', b'""', None)
+    assert (render_task(*ids, keyed, b'"f-1"', b'""', b"[]")
+            == render_task(*ids, stored, b'"f-1"', b'""', b"[]"))
 
 
 def test_a_body_stored_before_the_encoding_still_renders(engine):
