@@ -1,6 +1,8 @@
 -- status: the one way a task of any contract changes status. The task hash's
 -- `st` is the truth; every counter hash that mirrors it moves in the same
--- script, and one event is written. Needs events, K and NOW.
+-- script, and one event is written. Needs events, K and NOW. No time of the
+-- change is stored in the hash (the event has it); a contract that renders
+-- one (the task center's `ua`) passes it in `extra`.
 -- Derived key: t:<task>; `hashes` are full key names under the same tag.
 -- @include events
 -- @include ints
@@ -55,7 +57,7 @@ end
 -- them with one recount_n per set of hashes. `...`: more field/value pairs of
 -- the task hash, written in the same HSET.
 local function restatus(id, old, new, actor, ...)
-  redis.call('HSET', K .. 't:' .. id, 'st', new, 'ua', STAMP, ...)
+  redis.call('HSET', K .. 't:' .. id, 'st', new, ...)
   emit(id, old or '', new, actor)
 end
 

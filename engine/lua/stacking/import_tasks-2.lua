@@ -61,8 +61,8 @@ for _ = 1, ngroups do
   local ready, ids = {}, {}
   for j = 1, n do
     local tid, sq = ARGV[i + 4 + j], int(seq)
-    redis.call('HSET', K .. 't:' .. tid, 'st', 'register', 'seq', sq, 'fo', fid, 'req', rid,
-               'rc', '0', 'mr', mr, 'ca', STAMP)
+    redis.call('HSET', K .. 't:' .. tid, 'st', 'register', 'own', '', 'asg', '', 'fo', fid,
+               'req', rid, 'seq', sq, 'rc', '0', 'mr', mr, 'ca', STAMP)
     emit(tid, '', 'register', 'import')
     ready[#ready + 1] = sq
     ready[#ready + 1] = tid

@@ -63,7 +63,7 @@ else
 end
 redis.call('HSET', K .. 't:' .. id, 'tid', tid, 'pf', pf, 'u', u, 'ch', '0', 'q', price, 'ac', ac,
            'fr', '', 'sbt', sbt, 'stt', 0, 'ft', 0, 'pg', '0%', 'pr', ARGV[9], 'd', '{}', 'ca', NOW_S,
-           'tk', sk, 'at', 0, 'tried', '', 'body', ARGV[8])
+           'ua', ARGV[2], 'tk', sk, 'at', 0, 'tried', '', 'body', ARGV[8])
 change_status(id, nil, 'NOT_START', 'user:' .. u, {K .. 'stats'})
 place(id, u, cell(pf, ac, 'NOT_START', '0'))
 redis.call('ZADD', K .. 'ix:all', id, id)

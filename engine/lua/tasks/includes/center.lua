@@ -43,10 +43,12 @@ local function move(id, f, new, ch, actor, extra)
     unplace(id, f[2], old)
     place(id, f[2], now)
   end
+  -- `ua` (updated, rendered as updated_at) is this contract's own field: the
+  -- shared change_status writes status, counters and the event only.
   if f[1] == new then
-    redis.call('HSET', K .. 't:' .. id, 'ua', NOW, unpack(extra))
+    redis.call('HSET', K .. 't:' .. id, 'ua', STAMP, unpack(extra))
   else
-    change_status(id, f[1], new, actor, {K .. 'stats'}, extra)
+    change_status(id, f[1], new, actor, {K .. 'stats'}, {'ua', STAMP, unpack(extra)})
   end
 end
 
