@@ -108,3 +108,48 @@ def test_eight_threads_claim_ten_thousand_tasks_exactly_once(engine):
     assert len(everything) == 10_000
     assert len(set(everything)) == 10_000
     assert sum(1 for part in claimed if part) > 1  # the work was actually shared
+
+
+def _folder_core(engine, fid):
+    """The shard that holds folder ``fid`` (several on the cluster backend)."""
+    return next(c for c in engine.stacking.shards if c.r.exists(c.keys.folder(fid)))
+
+
+def test_a_folder_hands_out_returned_tasks_first_then_the_rest_in_creation_order(engine, clock):
+    caller, _ = online_server(engine)
+    engine.stacking.create_request(request_doc(tasks=5))
+    core = _folder_core(engine, "F0")
+    created = [t.decode() for t in core.r.lrange(core.keys.prefix + "ft:F0", 0, -1)]
+    first = ids(engine.stacking.claim(caller.id, 2))
+    assert first == created[:2]
+    clock.advance(301)  # the two claims lapse; the sweep puts them back at the head
+    assert engine.stacking.sweep()["claims_lapsed"] == 2
+    engine.servers.heartbeat(caller, {})
+    again = ids(engine.stacking.claim(caller.id, 5))
+    assert sorted(again[:2]) == sorted(first) and again[2:] == created[2:]
+
+
+def test_ready_sets_stored_by_an_earlier_version_are_read_as_lists(engine):
+    """Before ready lists, fr:<phase>:<folder> was a zset scored by seq: such a key becomes
+    the list of its members in seq order the first time a script touches it."""
+    caller, _ = online_server(engine)
+    engine.stacking.create_request(request_doc(folders=2, tasks=3))
+    legacy, where = {}, {}
+    for fid in ("F0", "F1"):
+        core = where[fid] = _folder_core(engine, fid)
+        r, k = core.r, core.keys
+        key = k.folder_ready(1, fid)
+        members = [t.decode() for t in r.lrange(key, 0, -1)]
+        r.delete(key)
+        r.zadd(key, {tid: int(r.hget(k.task(tid), "seq")) for tid in reversed(members)})
+        legacy[fid] = members
+    # unready (an operator's cancel) on a legacy set: LREM after the conversion
+    engine.stacking.cancel_task(legacy["F1"][1])
+    r, k = where["F1"].r, where["F1"].keys
+    assert r.type(k.folder_ready(1, "F1")) == b"list"
+    assert [t.decode() for t in r.lrange(k.folder_ready(1, "F1"), 0, -1)] == [legacy["F1"][0], legacy["F1"][2]]
+    # the claim's pop on a legacy set: seq order
+    assert where["F0"].r.type(where["F0"].keys.folder_ready(1, "F0")) == b"zset"
+    got = ids(engine.stacking.claim(caller.id, 10))
+    assert got == legacy["F0"] + [legacy["F1"][0], legacy["F1"][2]]
+    assert not any(where[f].r.exists(where[f].keys.folder_ready(1, f)) for f in ("F0", "F1"))

@@ -65,7 +65,7 @@ class Snapshot:
         self.fc: dict[str, dict] = {}
         self.rc: dict[str, dict] = {}
         self.fs: dict[tuple[str, str], dict] = {}
-        self.fr: dict[tuple[int, str], dict] = {}
+        self.fr: dict[tuple[int, str], list] = {}
         self.fp: dict[str, dict] = {}
         self.fu: dict[int, dict] = {}
         self.fb: dict[tuple[int, str], dict] = {}
@@ -260,12 +260,13 @@ def check_invariants(snap: Snapshot, reader: Reader, where: str) -> None:
         expected = Counter(tasks[tid]["st"] for tid in by_folder[fid] if tasks[tid].get("asg") == sid)
         assert nonzero(snap.fs.get((fid, sid), {})) == expected, f"{where}: fs:{fid}:{sid}"
 
-    # 3. ready sets: exactly the unowned register/connect tasks, scored by seq
+    # 3. ready lists: exactly the unowned register/connect tasks, each once
     for fid in folders:
         for phase, want in READY_STATUS.items():
-            expected = {tid: float(tasks[tid]["seq"]) for tid in by_folder[fid]
-                        if tasks[tid]["st"] == want and tasks[tid].get("own", "") == ""}
-            assert snap.fr.get((phase, fid), {}) == expected, f"{where}: fr:{phase}:{fid}"
+            expected = {tid for tid in by_folder[fid] if tasks[tid]["st"] == want and tasks[tid].get("own", "") == ""}
+            ready = snap.fr.get((phase, fid), [])
+            assert len(ready) == len(set(ready)), f"{where}: fr:{phase}:{fid} holds a task twice: {ready}"
+            assert set(ready) == expected, f"{where}: fr:{phase}:{fid}"
     assert {fid for _, fid in snap.fr} <= set(folders), where
 
     # 4. claim indexes: a folder with ready tasks is indexed under its binding, only there
@@ -409,7 +410,7 @@ class Walk:
         links never change afterwards (a phase-2 complete may replace ``lp``, not ``cl``)."""
         prev = getattr(self, "checked", None)
         for fid, f in snap.folders.items():
-            if prev is None or prev.folders[fid]["phase"] != "1" or f["phase"] != "2":
+            if prev is None or fid not in prev.folders or prev.folders[fid]["phase"] != "1" or f["phase"] != "2":
                 continue
             moved = sorted((tid for tid, t in snap.tasks.items() if t["fo"] == fid and "cl" in t),
                            key=lambda tid: int(snap.tasks[tid]["seq"]))
@@ -492,19 +493,28 @@ class Walk:
         self.fresh = self.snap
         after = self.snap
         # Order: phase 2 before phase 1; within a phase the caller's own folders before
-        # newly bound ones, each group oldest folder first, each folder by task seq.
-        # Fewer than `limit` means nothing claimable was left for the caller.
+        # newly bound ones, each group oldest folder first, each folder from the head of
+        # its ready list: tasks that came back first (here: returned by the claim's own
+        # sweep), then the list as it was. Fewer than `limit` means nothing claimable was
+        # left for the caller.
         phase_of = [1 if d["status"] == "register" else 2 for d in docs]
         assert phase_of == sorted(phase_of, reverse=True), f"{where}: phase order {phase_of}"
         mine = {fid for fid, f in before.folders.items() if f["srv"] == sid}
 
-        def order(tid):
+        def order(tid):  # folders only: the sort is stable, so tasks keep their order within one
             t = after.tasks[tid]
-            return t["fo"] not in mine, int(after.folders[t["fo"]]["seq"]), int(t["seq"])
+            return t["fo"] not in mine, int(after.folders[t["fo"]]["seq"])
 
         for p in (1, 2):
             got_p = [tid for tid, ph in zip(tids, phase_of) if ph == p]
-            assert got_p == sorted(got_p, key=order), f"{where}: claim order in phase {p}"
+            assert got_p == sorted(got_p, key=order), f"{where}: folder order in phase {p}"
+            for fid in {after.tasks[tid]["fo"] for tid in got_p}:
+                taken = [tid for tid in got_p if after.tasks[tid]["fo"] == fid]
+                listed = before.fr.get((p, fid), [])
+                back = [tid for tid in taken if tid not in listed]
+                assert set(taken[:len(back)]) == set(back), f"{where}: fr:{p}:{fid} returned tasks first"
+                rest = taken[len(back):]
+                assert rest == listed[:len(rest)], f"{where}: fr:{p}:{fid} taken from its head"
             if any(after.tasks[tid]["fo"] not in mine for tid in got_p):
                 assert not any(after.fr.get((p, fid)) for fid in mine), f"{where}: bound folders not drained first"
 
@@ -724,6 +734,46 @@ class Walk:
             self.rng.choices(actions, weights)[0](where)
             self.snap = self.check(where)
 
+    def lapse_a_run(self) -> None:
+        """Make one run lease lapse if the walk has not: which runs lapse hangs on the
+        order tasks were handed out in, and the lapse path must be walked (and checked) on
+        every run of this test. A server with a running task (one claims and starts one
+        if none has) stays silent past the run lease while the others heartbeat, and a
+        sweep fails that task."""
+        if self.reader.actors["lease"]:
+            return
+        running = sorted(tid for tid, t in self.snap.tasks.items() if t["st"] in RUNNING)
+        if not running and not any(t["st"] in ("register", "connect") for t in self.snap.tasks.values()):
+            doc = request_doc(folders=1, tasks=1, prefix="RLF", about="<p>x</p>")  # nothing left to run
+            doc["id"] = "RL"
+            self.st.create_request(doc)
+            self.requests.append(doc["id"])
+            self.folders.append(doc["folders"][0]["folder_id"])
+            self.snap = self.check("lapse: a request of one task")
+            self.tasks.append(self.snap.ft[self.folders[-1]][0])
+        if not running:
+            for caller in self.callers:
+                self.engine.servers.heartbeat(caller, {})
+                got = self.st.claim(caller.id, 1)
+                self.snap = self.check(f"lapse: claim by {caller.id[:6]}")
+                if got:
+                    running = [orjson.loads(got[0])["id"]]
+                    self.st.start(caller.id, running[0])
+                    self.snap = self.check(f"lapse: start {running[0][:6]}")
+                    break
+        assert running, "lapse: no task to run"
+        tid = running[0]
+        owner = self.snap.tasks[tid]["own"]
+        self.clock.advance(self.engine.core.settings.run_ttl_ms // 1000 + 1)
+        for caller in self.callers:
+            if caller.id != owner:
+                self.engine.servers.heartbeat(caller, {})
+        self.st.sweep()
+        self.snap = self.check(f"lapse: sweep after {tid[:6]}")
+        assert self.snap.tasks[tid]["st"] in ("profile_failed", "connect_failed", "final_failed"), tid
+        for held in self.held.values():
+            held.pop(tid, None)
+
     def drain(self) -> None:
         """Finish everything: every task ends terminal, every request completed."""
         for round_ in range(60):
@@ -762,6 +812,7 @@ def test_random_operations_keep_every_invariant(engine, clock, seed):
     walk = Walk(engine, clock, seed)
     try:
         walk.run(STEPS)
+        walk.lapse_a_run()
         walk.drain()
     except AssertionError:
         print("\n".join(walk.log[-40:]))  # the last steps, shown by pytest on failure

@@ -64,12 +64,9 @@ local function drain(index, phase, bind)
     if #first == 0 then return end
     local fid, fseq = first[1], first[2]
     local rk = K .. 'fr:' .. phase .. ':' .. fid
-    -- ZRANGE + ZREMRANGEBYRANK, not ZPOPMIN: the same members in the same order,
-    -- without ZPOPMIN's scores, each formatted as a double (%.17g, about 1,500
-    -- instructions) and converted to Lua only to be skipped.
-    local last = int(need - 1)
-    local popped = redis.call('ZRANGE', rk, '0', last)
-    redis.call('ZREMRANGEBYRANK', rk, '0', last)
+    -- The head of the folder's ready list (includes/common.lua): LRANGE + LTRIM.
+    local popped = ready_call('LRANGE', rk, '0', int(need - 1))
+    redis.call('LTRIM', rk, int(#popped), '-1')
     redis.call('ZREM', index, fid)
     local rid = redis.call('HGET', K .. 'f:' .. fid, 'req')
     if bind then
@@ -82,8 +79,10 @@ local function drain(index, phase, bind)
     end
     local moved = {}
     for _, tid in ipairs(popped) do
-      local v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'lp', 'cl', 'asg')
-      if v[1] == want then
+      -- own: a ready task is unowned (claim is what sets it), so this never skips
+      -- one; it makes a task pushed twice by mistake impossible to hand out twice.
+      local v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'lp', 'cl', 'asg', 'own')
+      if v[1] == want and (v[5] or '') == '' then
         out[#out + 1] = tid
         out[#out + 1] = tag
         out[#out + 1] = v[2] or '""'

@@ -58,18 +58,16 @@ for _ = 1, ngroups do
     redis.call('HSET', fk, 'req', rid, 'mode', mode, 'seq', fseq, 'srv', '', 'phase', '1',
                'n', total, 'p1', total, 'open', total)
   end
-  local ready, ids = {}, {}
+  local ids = {}
   for j = 1, n do
     local tid, sq = ARGV[i + 4 + j], int(seq)
     redis.call('HSET', K .. 't:' .. tid, 'st', 'register', 'own', '', 'asg', '', 'fo', fid,
                'req', rid, 'seq', sq, 'rc', '0', 'mr', mr, 'ca', STAMP)
     emit(tid, '', 'register', 'import')
-    ready[#ready + 1] = sq
-    ready[#ready + 1] = tid
     ids[j] = tid
     seq = seq + 1
   end
-  zadd_pairs(K .. 'fr:1:' .. fid, descending(ready))
+  push_ready(fid, 1, ids)
   for j = 1, #ids, 1000 do
     redis.call('RPUSH', K .. 'ft:' .. fid, unpack(ids, j, math.min(j + 999, #ids)))
   end

@@ -74,32 +74,37 @@ local function set_status(t, new, actor, extra)
   t.st = new
 end
 
--- ZADD of many score/member pairs, in slices that stay within Lua's unpack
--- limit. `pairs` in descending score order is the cheap order: a small sorted
--- set is a listpack that ZADD walks from its head to the first higher score, so
--- ascending inserts walk the whole set each time (a 50-task folder: ~9,000
--- instructions a task, callgrind) and descending ones stop at the head.
-local function zadd_pairs(key, pairs)
-  for i = 1, #pairs, 2000 do
-    redis.call('ZADD', key, unpack(pairs, i, math.min(i + 1999, #pairs)))
+-- Ready tasks: per folder and phase, a list of task ids in claim order
+-- (fr:<phase>:<folder>). Fresh tasks (import, the barrier) are appended in
+-- seq order; a task that comes back (a lapsed claim, a retry) goes to the head
+-- and is claimed next. Why a list and not a sorted set scored by seq: ZADD
+-- scans a small sorted set's listpack for each member it adds (to find an old
+-- score), so filling a folder of 50 cost about 13,000 instructions a task,
+-- callgrind; RPUSH appends (about 900). A task is in at most one ready list,
+-- once, and only while it is unowned in register/connect: claim pops it,
+-- and nothing pushes a task that is not out of every list.
+
+-- `cmd` on ready list `rk`. A ready set written before ready lists (a zset
+-- scored by seq) is turned into the list of its members in seq order the first
+-- time a script touches it (WRONGTYPE), and `cmd` runs on that: data stored by
+-- an earlier version needs no migration step. Costs nothing otherwise.
+local function ready_call(cmd, rk, ...)
+  local r = redis.pcall(cmd, rk, ...)
+  if type(r) == 'table' and r.err then
+    if redis.call('TYPE', rk).ok == 'zset' then
+      local ids = redis.call('ZRANGE', rk, 0, -1)
+      redis.call('DEL', rk)
+      for i = 1, #ids, 1000 do
+        redis.call('RPUSH', rk, unpack(ids, i, math.min(i + 999, #ids)))
+      end
+    end
+    r = redis.call(cmd, rk, ...)  -- any other error is raised, as redis.call raises it
   end
+  return r
 end
 
--- The same pairs (seq, id, seq, id... in ascending seq) in descending seq order.
-local function descending(pairs)
-  local out, n = {}, #pairs
-  for i = n - 1, 1, -2 do
-    out[#out + 1] = pairs[i]
-    out[#out + 1] = pairs[i + 1]
-  end
-  return out
-end
-
--- Put tasks of folder `fid` into its ready set for `phase` (`pairs`: seq, id,
--- seq, id... in ascending seq) and the folder into the claim index: its bound server's set, or
--- the unbound set.
-local function make_ready_many(fid, phase, pairs)
-  zadd_pairs(K .. 'fr:' .. phase .. ':' .. fid, descending(pairs))
+-- Index folder `fid` for `phase`: its bound server's set, or the unbound set.
+local function index_folder(fid, phase)
   local f = redis.call('HMGET', K .. 'f:' .. fid, 'srv', 'seq')
   local srv = f[1] or ''
   if srv ~= '' then
@@ -109,16 +114,33 @@ local function make_ready_many(fid, phase, pairs)
   end
 end
 
--- One task: make_ready_many of one.
-local function make_ready(t, phase)
-  make_ready_many(t.fo, phase, {t.seq, t.id})
+-- Append ids (in claim order) to folder `fid`'s ready list for `phase`, in
+-- slices that stay within Lua's unpack limit. Does not index the folder.
+local function push_ready(fid, phase, ids)
+  local rk = K .. 'fr:' .. phase .. ':' .. fid
+  for i = 1, #ids, 1000 do
+    ready_call('RPUSH', rk, unpack(ids, i, math.min(i + 999, #ids)))
+  end
 end
 
--- Take a task out of its folder's ready set for `phase`; drop the folder from
--- the claim index when that set empties.
+-- Fresh tasks of folder `fid` for `phase` (ids in seq order) become claimable.
+local function make_ready_many(fid, phase, ids)
+  push_ready(fid, phase, ids)
+  index_folder(fid, phase)
+end
+
+-- One task comes back: the head of its folder's list.
+local function make_ready(t, phase)
+  ready_call('LPUSH', K .. 'fr:' .. phase .. ':' .. t.fo, t.id)
+  index_folder(t.fo, phase)
+end
+
+-- Take a task out of its folder's ready list for `phase`; drop the folder from
+-- the claim index when that list empties. LREM walks the list (at most the
+-- folder's tasks, 1,000): an operator's cancel, not a hot path.
 local function unready(t, phase)
   local rk = K .. 'fr:' .. phase .. ':' .. t.fo
-  redis.call('ZREM', rk, t.id)
+  ready_call('LREM', rk, 1, t.id)
   if redis.call('EXISTS', rk) == 0 then
     local srv = redis.call('HGET', K .. 'f:' .. t.fo, 'srv') or ''
     redis.call('ZREM', K .. 'fu:' .. phase, t.fo)

@@ -56,7 +56,11 @@ local function abort_batch(rid, batch)
       end
       if #ids > 0 then
         redis.call('LTRIM', K .. 'ft:' .. fid, 0, -#ids - 1)
-        redis.call('ZREM', K .. 'fr:1:' .. fid, unpack(ids))
+        -- Unpublished: nothing was claimed, so these are the ready list's tail
+        -- (less any an operator cancelled); LREM from the tail, newest first,
+        -- finds each at once.
+        local ready = K .. 'fr:1:' .. fid
+        for j = #ids, 1, -1 do ready_call('LREM', ready, -1, ids[j]) end
         redis.call('HINCRBY', rk, 'staged', -#ids)
         left = left - #ids
       end

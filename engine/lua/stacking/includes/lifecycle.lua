@@ -63,19 +63,19 @@ local function barrier(fid, actor)
   -- loads each task anyway; only tasks that failed or were cancelled are read
   -- in vain.
   -- Each read takes only what moving it needs (counters: its assigned server;
-  -- phase 2: its seq and link_post), not load_task's full set.
+  -- phase 2: its link_post), not load_task's full set.
   local disable = mode == 'disable'
-  local ids, seqs, lps, per_server = {}, {}, {}, {}
+  local ids, lps, per_server = {}, {}, {}
   for _, tid in ipairs(redis.call('LRANGE', K .. 'ft:' .. fid, 0, -1)) do
     local v
     if disable then
       v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'asg')
     else
-      v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'asg', 'seq', 'lp')
+      v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'asg', 'lp')
     end
     if v[1] == 'profiled' then
       local n = #ids + 1
-      ids[n], seqs[n], lps[n] = tid, v[3], v[4]
+      ids[n], lps[n] = tid, v[3]
       local asg = v[2] or ''
       per_server[asg] = (per_server[asg] or 0) + 1
     end
@@ -90,13 +90,10 @@ local function barrier(fid, actor)
     tasks_terminal(fid, rid, #ids)
     return
   end
-  local ready = {}
   for i, tid in ipairs(ids) do
     restatus(tid, 'profiled', 'connect', actor, 'cl', links_for(mode, lps, i))  -- cl present = in phase 2
-    ready[#ready + 1] = seqs[i]
-    ready[#ready + 1] = tid
   end
-  make_ready_many(fid, 2, ready)
+  make_ready_many(fid, 2, ids)
 end
 
 -- Deferred phase-1 counts, for a script that moves many tasks of few folders
