@@ -63,6 +63,25 @@ class JSON(Response):
         return content if isinstance(content, bytes) else orjson.dumps(content)
 
 
+class Fixed(JSON):
+    """A constant JSON answer whose body and headers are rendered once, when the class is
+    made (``Fixed.of``): start, complete and fail all answer ``{"success":true}``, and
+    ``Response.__init__`` (render, then encode the headers) was 0.77 us of each such
+    request against 0.18 us for this. Each instance gets its own copy of the header list,
+    so that a middleware adding a header changes only its own response."""
+
+    _fixed_headers: list[tuple[bytes, bytes]] = []
+
+    def __init__(self) -> None:  # noqa: D107 - everything was rendered by ``of``
+        self.raw_headers = list(self._fixed_headers)
+
+    @classmethod
+    def of(cls, body: bytes, status_code: int = 200) -> type["Fixed"]:
+        template = JSON(body, status_code=status_code)
+        return type("FixedAnswer", (cls,), {"body": template.body, "status_code": status_code, "background": None,
+                                            "_fixed_headers": template.raw_headers})
+
+
 async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     """The request body, read once from ASGI ``receive`` (what ``Request.stream()`` does,
     without an async generator: the event loop registers each one in a WeakSet, about a

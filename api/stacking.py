@@ -22,7 +22,7 @@ from engine.errors import (Conflict, EngineError, InvalidInput, InvalidKey, NotF
 from engine.servers import ApiKey, check_caller
 
 from .batch import Batcher
-from .http import JSON, Forbidden, PayloadTooLarge, Unauthorized, read_json
+from .http import JSON, Fixed, Forbidden, PayloadTooLarge, Unauthorized, read_json
 from .metrics import observe_claims
 
 STATUS = {
@@ -32,6 +32,7 @@ STATUS = {
 # Errors whose envelope carries a machine code (stacking.md: "errors that have a machine code").
 CODED = (ServiceKeyMismatch, ServerNotOnline, Conflict, PayloadTooLarge, Unavailable)
 OK = b'{"success":true}'
+Done = Fixed.of(OK)  # what start, complete and fail answer
 
 
 def error_response(exc: EngineError) -> JSON:
@@ -117,7 +118,7 @@ async def start(request: Request) -> JSON:
     """
     call = _engine(request).stacking.start_call(_key(request), request.path_params["task_id"])
     _served(request, await _batch(request).run(call))
-    return JSON(OK)
+    return Done()
 
 
 async def complete(request: Request) -> JSON:
@@ -133,7 +134,7 @@ async def complete(request: Request) -> JSON:
     call = _engine(request).stacking.complete_call(key, request.path_params["task_id"], body.get("link_post"),
                                                    body.get("note"))
     _served(request, await _batch(request).run(call))
-    return JSON(OK)
+    return Done()
 
 
 async def fail(request: Request) -> JSON:
@@ -148,7 +149,7 @@ async def fail(request: Request) -> JSON:
     call = _engine(request).stacking.fail_call(key, request.path_params["task_id"], body.get("error_message"),
                                                body.get("note"))
     _served(request, await _batch(request).run(call))
-    return JSON(OK)
+    return Done()
 
 
 async def connect_status(request: Request) -> JSON:

@@ -175,3 +175,13 @@ def test_a_hot_413_is_counted_unmatched_as_behind_the_router(engine, world):
         n0 = unmatched_4xx()
         assert TestClient(app).post(path, headers={"X-API-Key": world["key"]}, content=big).status_code == 413
         assert unmatched_4xx() == n0 + 1
+
+
+def test_a_fixed_answer_renders_as_json_and_keeps_its_headers_to_itself():
+    from api.http import JSON, Fixed
+
+    Answer = Fixed.of(b'{"success":true}')
+    first, second, plain = Answer(), Answer(), JSON(b'{"success":true}')
+    assert (first.status_code, first.body, first.raw_headers) == (plain.status_code, plain.body, plain.raw_headers)
+    first.headers["x-extra"] = "1"  # what a middleware may do to the response it passes on
+    assert second.raw_headers == plain.raw_headers and Answer().raw_headers == plain.raw_headers
