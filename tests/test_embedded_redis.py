@@ -193,7 +193,7 @@ def _shutdown_save(sock: Path) -> None:
     # connection, and so shut down the new server
     try:
         redis.Redis(unix_socket_path=str(sock), retry=Retry(NoBackoff(), 0)).shutdown(save=True)
-    except redis.ConnectionError:
+    except (redis.ConnectionError, redis.TimeoutError):  # the server goes away (or is still saving): expected
         pass
 
 
