@@ -49,7 +49,7 @@ from starlette.templating import Jinja2Templates
 from engine.errors import Forbidden
 from engine.overview import Overview
 
-from .http import JSON, Unauthorized, require_bearer
+from .http import JSON, PayloadTooLarge, Unauthorized, read_body, require_bearer
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -137,12 +137,12 @@ async def login(request: Request) -> Response:
     token = _token(request)
     if not token:
         return RedirectResponse("/dashboard", status_code=303)
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_LOGIN_BODY:
-            break
-    given = (parse_qs(body[:MAX_LOGIN_BODY].decode(errors="replace")).get("token") or [""])[0]
+    try:  # refused whole past the limit: a cut form could only ever be a wrong token
+        body = await read_body(request, MAX_LOGIN_BODY)
+    except PayloadTooLarge:
+        return templates.TemplateResponse(request, "login.html",
+                                          {"error": f"the form is over {MAX_LOGIN_BODY} bytes"}, status_code=413)
+    given = (parse_qs(body.decode(errors="replace")).get("token") or [""])[0]
     if not hmac.compare_digest(given.encode(), token.encode()):
         return templates.TemplateResponse(request, "login.html", {"error": "wrong token"}, status_code=401)
     response = RedirectResponse("/dashboard", status_code=303)

@@ -90,6 +90,19 @@ def test_login_sets_an_httponly_samesite_strict_cookie_that_is_not_the_token(gua
     assert client.get("/dashboard/data").status_code == 200
 
 
+def test_a_login_form_over_the_limit_is_refused_whole_and_one_under_it_is_read_whole(guarded):
+    from api.dashboard import MAX_LOGIN_BODY
+
+    engine, client = guarded
+    pad = "x" * (MAX_LOGIN_BODY - len(TOKEN) - 20)
+    under = client.post("/dashboard/login", data={"pad": pad, "token": TOKEN})
+    assert under.status_code == 303 and "set-cookie" in under.headers
+    client.cookies.clear()
+    over = client.post("/dashboard/login", data={"pad": pad + "x" * 100, "token": TOKEN})
+    assert over.status_code == 413 and f"over {MAX_LOGIN_BODY} bytes" in over.text
+    assert "set-cookie" not in over.headers
+
+
 def test_a_wrong_cookie_is_the_login_page_and_a_token_change_logs_everyone_out(guarded):
     engine, client = guarded
     client.cookies.set(COOKIE, session_value("an older token"))
