@@ -65,3 +65,21 @@ def test_scripts_reload_after_the_script_cache_is_flushed(engine):
     engine.stacking.complete(caller.id, tid, link(1))
     assert engine.stacking.task_state(tid)["status"] == "profiled"
     assert ScriptSet(engine.core.r, "stacking").verbs() == engine.core.scripts.verbs()
+
+
+def test_the_event_stream_is_trimmed_by_each_call_that_writes_to_it_and_only_once(engine):
+    """includes/events.lua: the first event of a call trims the stream to about the cap, the
+    call's other events are appended untrimmed, so it holds at most the cap, one call's events
+    and the node of slack that `~` allows (stream-node-max-entries: 100)."""
+    cap, node = 10, 100
+    engine.core.settings.events_maxlen = cap
+    caller, _ = online_server(engine)
+    engine.stacking.create_request(request_doc(tasks=300))  # one call: 300 events
+    tids = ids(engine.stacking.claim(caller.id, 20))
+    core = engine.stacking.shard_of_task(tids[0])
+    after_import = core.r.xlen(core.keys.events)
+    assert 300 <= after_import <= cap + node + 300  # trimmed by its first event only
+    for tid in tids:  # one event per call
+        engine.stacking.start(caller.id, tid)
+        assert core.r.xlen(core.keys.events) <= cap + node + 1
+    assert core.r.xlen(core.keys.events) < after_import
