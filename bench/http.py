@@ -10,9 +10,10 @@ temp dir, no persistence), the real ``taskhub web`` app (``python -m bench.uvico
 TASKHUB_NAMESPACE set, its access log as configured by ``--access-log``,
 stdout/stderr to a file) and a bare one-route Starlette app
 (``bench/bare_app.py``) on stock uvicorn, with the same parser and loop
-(``--http httptools --loop uvloop`` when importable). Then, ``--repeats`` times, for the bare route
-and each endpoint in turn: wrk (``-t2 -c32``) for ``--warmup`` seconds
-(untimed), then ``--duration`` seconds measured.
+(``--http httptools --loop uvloop`` when importable). Then, ``--repeats`` times, for
+each endpoint in turn: wrk (``-t2 -c32``) for ``--warmup`` seconds (untimed), then
+``--duration`` seconds measured, with a measured run of the bare route right before
+and right after it (bare, endpoint, bare).
 
 Every endpoint measurement starts from an empty Redis (FLUSHALL) with one
 online server. start/complete/fail walk through a list of tasks prepared for
@@ -23,8 +24,15 @@ far (``--headroom`` x duration x rate); a thread that uses up its slice stops,
 and the measurement is redone with a longer list. detail and connect-status
 cycle over 1,000 claimed tasks (20 folders); the heartbeat posts fixed metrics.
 Non-2xx answers are counted by the wrk script (``bench/wrk_walk.lua``) and
-flagged. The median of the repeats is reported beside the bare route's, and
-the section "HTTP single-task endpoints" of BENCHMARKS.md is replaced.
+flagged.
+
+An endpoint's ratio to bare is the median, over the repeats, of its run divided by
+the mean of the two bare runs around it. Why bracketed: on this shared machine the
+bare route's own rate moves by a fifth within minutes (18,000 to 27,000 req/s in one
+session), and an endpoint measured a minute after its bare run inherits that drift.
+The ratio of the medians (every endpoint run against every bare run of the session)
+is printed beside it. The section "HTTP single-task endpoints" of BENCHMARKS.md is
+replaced.
 """
 from __future__ import annotations
 
@@ -51,6 +59,7 @@ import subprocess  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import Executor, ProcessPoolExecutor  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
+from typing import Callable  # noqa: E402
 
 from bench.common import (RedisServer, Uvicorn, code_version, command_line, importable, init_worker,  # noqa: E402
                           load, machine_info, online_server, taskhub_web, worker_engine, write_section)
@@ -131,6 +140,7 @@ class Tally:
     redone: int = 0
     sample: str = ""
     cpu: list[tuple[float, float, float]] = field(default_factory=list)  # cores: app, redis, wrk
+    paired: list[float] = field(default_factory=list)  # each run / the mean of the bare runs around it
 
 
 def cpu_seconds(pid: int) -> float:
@@ -218,8 +228,12 @@ class Fixture:
 
 # ---- one endpoint --------------------------------------------------------------
 def measure(a: argparse.Namespace, fx: Fixture, ports: dict[str, int], pids: dict[str, int], ep: Endpoint,
-            expected: float, tally: Tally, log: Path) -> float:
-    """Warm-up and one measured run of ``ep``; returns req/s."""
+            expected: float, tally: Tally, log: Path, bare: Callable[[], float] | None = None) -> float:
+    """Warm-up and one measured run of ``ep``; returns req/s.
+
+    ``bare``: measures the bare route and returns its req/s. It runs right before the
+    measured run (after the task list is prepared) and right after it, and the run's
+    ratio to the mean of the two goes into ``tally.paired``."""
     fx.fresh()
     port = ports[ep.target]
     key = fx.key if ep.target == "taskhub" else ""
@@ -248,6 +262,8 @@ def measure(a: argparse.Namespace, fx: Fixture, ports: dict[str, int], pids: dic
         fx.heartbeat()
         if ep.ids == "transition":
             ids_file = pool(a.duration, expected, f"{ep.name}-run")
+        before = bare() if bare is not None else 0.0
+        fx.heartbeat()  # the bare run took a while: the server stays fresh
         cpu0 = (cpu_seconds(pids[ep.target]), cpu_seconds(pids["redis"]), children_cpu())
         res = run_wrk(a, port, ep, key, ids_file, cycle, a.duration)
         cpu = (cpu_seconds(pids[ep.target]), cpu_seconds(pids["redis"]), children_cpu())
@@ -269,6 +285,29 @@ def measure(a: argparse.Namespace, fx: Fixture, ports: dict[str, int], pids: dic
             raise RuntimeError(f"{ep.name}: {answered_ok} answers 2xx but {moved} tasks in {ep.after}: {stats}")
     tally.rates.append(res.rate)
     tally.cpu.append(tuple((b - a_) / res.seconds for a_, b in zip(cpu0, cpu)))  # type: ignore[arg-type]
+    _report(ep, res, tally, log.stat().st_size - log_before if ep.target == "taskhub" else None)
+    if bare is not None:
+        after = bare()
+        tally.paired.append(res.rate / ((before + after) / 2))
+        print(f"    {ep.name:15} {tally.paired[-1]:9.3f} of the mean of the bare runs before and after it",
+              flush=True)
+    return res.rate
+
+
+def measure_bare(a: argparse.Namespace, ports: dict[str, int], pids: dict[str, int], tally: Tally) -> float:
+    """One measured run of the bare route (warmed up once at the start); returns req/s."""
+    ep = BY_NAME["bare"]
+    cpu0 = (cpu_seconds(pids["bare"]), cpu_seconds(pids["redis"]), children_cpu())
+    res = run_wrk(a, ports["bare"], ep, "", None, False, a.duration)
+    cpu = (cpu_seconds(pids["bare"]), cpu_seconds(pids["redis"]), children_cpu())
+    tally.rates.append(res.rate)
+    tally.cpu.append(tuple((b - a_) / res.seconds for a_, b in zip(cpu0, cpu)))  # type: ignore[arg-type]
+    _report(ep, res, tally, None)
+    return res.rate
+
+
+def _report(ep: Endpoint, res: WrkResult, tally: Tally, logged: int | None) -> None:
+    """Count a measured run's answers in ``tally`` and print its line."""
     tally.non2xx += res.bad
     tally.socket_errors += sum(res.errors.values()) - res.errors.get("status", 0)
     for status, n in res.codes.items():
@@ -278,12 +317,10 @@ def measure(a: argparse.Namespace, fx: Fixture, ports: dict[str, int], pids: dic
     flag = f"   NON-2xx: {res.bad} {res.codes} {res.sample[:120]!r}" if res.bad else ""
     socket_err = {k: v for k, v in res.errors.items() if v and k != "status"}
     flag += f"   socket errors: {socket_err}" if socket_err else ""
-    logged = log.stat().st_size - log_before if ep.target == "taskhub" else 0
     app_cpu, redis_cpu, wrk_cpu = tally.cpu[-1]
     print(f"    {ep.name:15} {res.rate:>9,.0f} req/s  p50 {res.p50_ms:6.2f} ms  p99 {res.p99_ms:6.2f} ms"
           f"  cpu app {app_cpu:.2f} redis {redis_cpu:.2f} wrk {wrk_cpu:.2f}"
-          + (f"  log +{logged / 1024:,.0f} KiB" if ep.target == "taskhub" else "") + flag, flush=True)
-    return res.rate
+          + (f"  log +{logged / 1024:,.0f} KiB" if logged is not None else "") + flag, flush=True)
 
 
 # ---- main --------------------------------------------------------------------------
@@ -360,15 +397,21 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         tallies = {e.name: Tally() for e in endpoints}
         fx = Fixture(rs, pool, a.payload, rs.dir)
+        bare_ep = BY_NAME["bare"]
+        warm = run_wrk(a, ports["bare"], bare_ep, "", None, False, a.warmup)  # untimed, once
+        tallies["bare"].warmup_non2xx += warm.bad
+
+        def bare_run() -> float:
+            return measure_bare(a, ports, pids, tallies["bare"])
+
         for rep in range(a.repeats):
             print(f"  repeat {rep + 1}", flush=True)
-            bare_rate = 0.0
-            for ep in endpoints:
+            if not chosen:
+                bare_run()
+            for ep in chosen:
                 t = tallies[ep.name]
-                expected = max(t.rates) if t.rates else bare_rate
-                rate = measure(a, fx, ports, pids, ep, expected, t, web.log)
-                if ep.name == "bare":
-                    bare_rate = rate
+                expected = max(t.rates) if t.rates else max(tallies["bare"].rates, default=warm.rate)
+                measure(a, fx, ports, pids, ep, expected, t, web.log, bare=bare_run)
         log_bytes = web.log.stat().st_size
         log_lines = sum(1 for _ in open(web.log, "rb"))
     finally:
@@ -380,22 +423,30 @@ def main(argv: list[str] | None = None) -> int:
 
     med = {n: statistics.median(t.rates) for n, t in tallies.items()}
     base = med["bare"]
+    # An endpoint's ratio: the median over its repeats of (its run / the mean of the bare runs
+    # just before and just after it). The bare route's rate drifts by a fifth within minutes
+    # on this shared machine; a ratio to bare runs taken seconds apart cancels that drift,
+    # where the median of all bare runs would not. The ratio of the medians is shown beside it.
+    ratio = {n: statistics.median(t.paired) if n != "bare" else 1.0 for n, t in tallies.items()}
     width = max(len(e.label) for e in endpoints)
     print()
-    print(f"{'endpoint':{width}} {'median req/s':>12} {'vs bare':>8} {'non-2xx':>8}  target   "
-          f"{'cpu app/redis/wrk':17}  runs (vs bare of the same repeat)")
+    print(f"{'endpoint':{width}} {'median req/s':>12} {'vs bare':>8} {'med/med':>8} {'non-2xx':>8}  target   "
+          f"{'cpu app/redis/wrk':17}  runs (vs the bare runs around each)")
     rows = []
     flagged = []
     for ep in endpoints:
         t = tallies[ep.name]
-        ratio = med[ep.name] / base
-        verdict = "-" if ep.name == "bare" else ("met" if ratio >= TARGET else "NOT met")
-        runs = ", ".join(f"{r:,.0f}" + ("" if ep.name == "bare" else f" ({r / b:.2f})")
-                         for r, b in zip(t.rates, tallies["bare"].rates))
+        verdict = "-" if ep.name == "bare" else ("met" if ratio[ep.name] >= TARGET else "NOT met")
+        if ep.name == "bare":
+            runs = ", ".join(f"{r:,.0f}" for r in t.rates)
+        else:
+            runs = ", ".join(f"{r:,.0f} ({q:.2f})" for r, q in zip(t.rates, t.paired))
         cpu = "/".join(f"{statistics.median(c[i] for c in t.cpu):.2f}" for i in range(3))
         # three decimals: at two, 0.497 printed as "0.50" beside "NOT met"
-        print(f"{ep.label:{width}} {med[ep.name]:>12,.0f} {ratio:>8.3f} {t.non2xx:>8}  {verdict:7}  {cpu:17}  {runs}")
-        rows.append(f"| {ep.label} | {med[ep.name]:,.0f} | {ratio:.3f} | {t.non2xx} | {verdict} | {cpu} | {runs} |")
+        print(f"{ep.label:{width}} {med[ep.name]:>12,.0f} {ratio[ep.name]:>8.3f} {med[ep.name] / base:>8.3f} "
+              f"{t.non2xx:>8}  {verdict:7}  {cpu:17}  {runs}")
+        rows.append(f"| {ep.label} | {med[ep.name]:,.0f} | {ratio[ep.name]:.3f} | {med[ep.name] / base:.3f} "
+                    f"| {t.non2xx} | {verdict} | {cpu} | {runs} |")
         if t.non2xx or t.socket_errors:
             flagged.append(f"{ep.name}: {t.non2xx} non-2xx {dict(sorted(t.codes.items()))}"
                            + (f", {t.socket_errors} socket errors" if t.socket_errors else "")
@@ -406,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  note: {ep.name} was redone {t.redone} time(s) with a longer task list")
     for f in flagged:
         print(f"FLAGGED (not a clean measurement): {f}")
-    worst = min((med[e.name] / base for e in endpoints[1:]), default=0.0)
+    worst = min((ratio[e.name] for e in endpoints[1:]), default=0.0)
     print(f"lowest ratio {worst:.3f} (target every endpoint >= {TARGET}: {'met' if worst >= TARGET else 'NOT met'})")
     print(f"taskhub app log: {log_lines:,} lines, {log_bytes / 1e6:,.1f} MB over the run ({access_desc})")
     print(f"total wall time {time.perf_counter() - started:.0f} s")
@@ -423,8 +474,10 @@ def main(argv: list[str] | None = None) -> int:
               f"written to a file) and `bench/bare_app.py` (one Starlette route returning `{{\"success\":true}}`) "
               f"on stock uvicorn `--http {http_impl} --loop {loop}`; uvicorn's own access log off for both\n"
             + f"- workload: wrk {wrk_version()} `-t{a.threads} -c{a.connections}`, {a.warmup:g} s untimed "
-              f"warm-up then {a.duration:g} s measured per endpoint, endpoints interleaved, median of "
-              f"{a.repeats}; every endpoint measurement starts from an empty Redis with one online server. "
+              f"warm-up then {a.duration:g} s measured per endpoint, endpoints interleaved, each measured "
+              f"run between two measured runs of the bare route (bare, endpoint, bare); \"vs bare\" is the "
+              f"median over {a.repeats} repeats of the run / the mean of the bare runs around it, "
+              f"\"median / median bare\" the ratio of the medians; every endpoint measurement starts from an empty Redis with one online server. "
               f"start/complete/fail: one fresh task per request (created, claimed, and started for "
               f"complete/fail beforehand; each wrk thread walks its own slice of the ids), chain mode, folders "
               f"of 50, so every 50th complete fires its folder's barrier; detail and connect-status cycle over "
@@ -432,9 +485,9 @@ def main(argv: list[str] | None = None) -> int:
               f"fixed metrics. Non-2xx answers counted by `bench/wrk_walk.lua`. wrk, uvicorn and Redis share "
               f"the machine's CPUs; \"cpu\" is each one's CPU time over the measured seconds, in cores (median), "
               f"read from /proc for the app's and Redis' processes and from wrk's rusage.\n\n"
-            f"| endpoint | median req/s | vs bare | non-2xx | target >= {TARGET} | cpu app/redis/wrk "
-            f"| runs (vs bare of the same repeat) |\n"
-            f"|---|---:|---:|---:|---|---|---|\n" + "\n".join(rows) + "\n\n"
+            f"| endpoint | median req/s | vs bare | median / median bare | non-2xx | target >= {TARGET} "
+            f"| cpu app/redis/wrk | runs (vs the bare runs around each) |\n"
+            f"|---|---:|---:|---:|---:|---|---|---|\n" + "\n".join(rows) + "\n\n"
             f"Lowest ratio: {worst:.3f} (target: every endpoint >= {TARGET} of the bare route, same run). "
             f"The taskhub app wrote {log_lines:,} log lines ({log_bytes / 1e6:,.1f} MB) over the run.\n"
             + "".join(f"\n**Flagged, not a clean measurement:** {f}\n" for f in flagged)
