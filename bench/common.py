@@ -158,7 +158,8 @@ class RedisServer:
 
 
 class Uvicorn:
-    """``python -m uvicorn <app>`` in a subprocess, run from the repo root, stdout/stderr to a log file.
+    """``python -m uvicorn <app>`` in a subprocess, run from the repo root (or ``root``, another
+    checkout of it), stdout/stderr to a log file.
 
     ``env`` is added to this process's environment (a value of None removes the
     variable). ``http``/``loop``: uvicorn's ``--http``/``--loop`` (None: uvicorn's
@@ -166,11 +167,11 @@ class Uvicorn:
     """
 
     def __init__(self, app: str, env: dict[str, str | None], logdir: Path, tag: str, *, factory: bool = False,
-                 workers: int = 1, http: str | None = None, loop: str | None = None) -> None:
+                 workers: int = 1, http: str | None = None, loop: str | None = None, root: Path = ROOT) -> None:
         self.port = free_port()
         self.workers = workers
         full_env = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
-        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH", "")]))
+        full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), full_env.get("PYTHONPATH", "")]))
         cmd = [sys.executable, "-m", "uvicorn", *(["--factory"] if factory else []), app, "--host", "127.0.0.1",
                "--port", str(self.port), "--no-access-log", "--log-level", "warning"]
         if http and ":" in http:  # a protocol class (module:Class), which uvicorn's CLI does not take
@@ -183,7 +184,7 @@ class Uvicorn:
             cmd += ["--workers", str(workers)]
         self.log = logdir / f"uvicorn-{tag}.log"
         self._logf = open(self.log, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self._logf, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=root, env=full_env, stdout=self._logf, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while not self._answers():
             if time.monotonic() > deadline or self.proc.poll() is not None:
@@ -207,15 +208,18 @@ class Uvicorn:
 
 
 def taskhub_web(redis_url: str, namespace: str, logdir: Path, workers: int = 1, http: str | None = None,
-                loop: str | None = None, env: dict[str, str | None] | None = None) -> Uvicorn:
+                loop: str | None = None, env: dict[str, str | None] | None = None, root: Path = ROOT,
+                tag: str | None = None) -> Uvicorn:
     """The real ``taskhub web`` app (``--factory api.app:main_app``) bound to one namespace.
 
     ``http`` names uvicorn's parser (auto, httptools, h11); the app runs on the one-write
-    protocol built on it (``api.protocol``), as ``taskhub web`` does.
+    protocol built on it (``api.protocol``), as ``taskhub web`` does. ``root``: the checkout
+    to run (default this one); ``tag`` names its log file (default the namespace).
     """
     from api.protocol import http_protocol
     return Uvicorn("api.app:main_app", {"REDIS_URL": redis_url, "TASKHUB_NAMESPACE": namespace, **(env or {})},
-                   logdir, namespace, factory=True, workers=workers, http=http_protocol(http or "auto"), loop=loop)
+                   logdir, tag or namespace, factory=True, workers=workers, http=http_protocol(http or "auto"),
+                   loop=loop, root=root)
 
 
 def terminate(proc: subprocess.Popen) -> None:
