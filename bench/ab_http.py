@@ -4,21 +4,22 @@ Run from the repo root: ``python bench/ab_http.py --endpoint complete --b-env '{
 or ``python bench/ab_http.py --b-root ../other-checkout`` (``--help`` for knobs). Needs ``wrk``.
 
 Why: on this shared 2-core machine two 5-second runs of the same endpoint of the same
-app differ by up to a quarter (two identical web processes, alternating: B/A from
-0.74 to 1.27 over 8 rounds, 2026-12-06), so a change worth a few percent is invisible
-in ``bench/http.py``. Here the unchanged app (A) and the changed one (B) run side by
+app differ by up to a fifth (this script with A and B the same app: B/A from 0.849
+to 1.185 over 6 rounds, 2026-12-06), so a change worth a few percent is invisible
+in one ``bench/http.py`` run. Here the unchanged app (A) and the changed one (B) run side by
 side: one redis-server, two ``taskhub web`` processes as ``bench/http.py`` starts them,
 A from this checkout as configured, B with ``--b-env`` added to its environment and/or
 from another checkout (``--b-root``, e.g. a ``git worktree``; its Redis data format must
 be this checkout's, which prepares the tasks). Each round measures A and B, in
 alternating order, each on a fresh Redis and its own task list as ``bench/http.py``
-does, then the bare route; the median over rounds of B/A is the answer (the runs of a
+does (new web processes every round, each warmed up by an untimed second), then the
+bare route; the median over rounds of B/A is the answer (the runs of a
 round are seconds apart, so drift cancels).
 
 Besides req/s and cores, each run shows the web process's batches to Redis (from its
 ``/metrics``: ``taskhub_redis_roundtrip_seconds{source="batch"}``): how many requests
 a batch carried and how long its round trip took. Complete is limited by that round
-trip, not by CPU (BENCHMARKS.md, "HTTP single-task endpoints"). Nothing is written to
+trip, not by CPU (BENCHMARKS.md, "Why complete is short"). Nothing is written to
 BENCHMARKS.md: an A/B is an experiment, quoted with its command where it is used.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ import urllib.request  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 
 from bench.common import RedisServer, Uvicorn, auto_http_loop, init_worker, taskhub_web  # noqa: E402
-from bench.http import BY_NAME, ENDPOINTS, NAMESPACE, Fixture, cpu_seconds, run_wrk  # noqa: E402
+from bench.http import BY_NAME, ENDPOINTS, NAMESPACE, Fixture, WrkResult, cpu_seconds, run_wrk  # noqa: E402
 
 BATCH_SUM = 'taskhub_redis_roundtrip_seconds_sum{source="batch"}'
 BATCH_COUNT = 'taskhub_redis_roundtrip_seconds_count{source="batch"}'
@@ -86,55 +87,69 @@ def main(argv: list[str] | None = None) -> int:
                                initargs=(str(rs.sock),))
     servers: list[Uvicorn] = []
     try:
-        webs = {"A": taskhub_web(rs.url, NAMESPACE, rs.dir, http=http_impl, loop=loop, env=a_env, tag="A"),
-                "B": taskhub_web(rs.url, NAMESPACE, rs.dir, http=http_impl, loop=loop, env=b_env, root=b_root,
-                                 tag="B")}
+        def start(name: str) -> Uvicorn:
+            env, root = (a_env, ROOT) if name == "A" else (b_env, b_root)
+            return taskhub_web(rs.url, NAMESPACE, rs.dir, http=http_impl, loop=loop, env=env, root=root, tag=name)
+
+        webs: dict[str, Uvicorn] = {}
         bare = Uvicorn("bench.bare_app:app", {}, rs.dir, "bare", http=http_impl, loop=loop)
-        servers = [*webs.values(), bare]
+        servers = [bare]
         print(f"A: {ROOT} {a_env or ''}\nB: {b_root} {b_env or ''}\n"
-              f"{ep.label}: wrk -t{a.threads} -c{a.connections}, {a.duration} s a run, {a.rounds} rounds "
-              f"after one untimed round; uvicorn --http {http_impl} --loop {loop}", flush=True)
+              f"{ep.label}: wrk -t{a.threads} -c{a.connections}, {a.duration} s a run after a 1 s untimed one, "
+              f"{a.rounds} rounds; uvicorn --http {http_impl} --loop {loop}", flush=True)
         fx = Fixture(rs, pool, "varied", rs.dir)
         rates: dict[str, list[float]] = {"A": [], "B": [], "bare": []}
         expected = 15_000.0
-        for r in range(a.rounds + 1):
-            order = ["A", "B"] if r % 2 == 0 else ["B", "A"]
-            seconds = a.duration if r else 1
+
+        def run(name: str, web: Uvicorn, seconds: int) -> tuple[WrkResult, str]:
+            """One wrk run of ``name`` on a fresh Redis and its own task list; the result and a detail line."""
+            nonlocal expected
+            fx.fresh()
+            target, key, ids = (BY_NAME["bare"], "", None) if name == "bare" else (ep, fx.key, None)
+            if name != "bare" and ep.ids == "transition":
+                n = max(200, math.ceil(a.headroom * seconds * expected))
+                ids = fx.write([t["id"] for t in fx.claimed(n, ep.start_first)], name)
+            elif name != "bare" and ep.ids in ("tasks", "folders"):
+                tasks = fx.claimed(1000, start=False)
+                field = "folder_id" if ep.ids == "folders" else "id"
+                ids = fx.write(list(dict.fromkeys(t[field] for t in tasks)), name)
+            before = batches(web) if name != "bare" else (0.0, 0.0)
+            cpu0 = (cpu_seconds(web.proc.pid), cpu_seconds(rs.proc.pid))
+            res = run_wrk(a, web.port, target, key, ids, ep.ids in ("tasks", "folders"), seconds)
+            cpu = (cpu_seconds(web.proc.pid), cpu_seconds(rs.proc.pid))
+            after = batches(web) if name != "bare" else (0.0, 0.0)
+            if name != "bare":
+                expected = max(expected, res.rate) * (1.5 if res.exhausted else 1.0)
+            if res.bad:
+                print(f"  {name}: {res.bad} non-2xx answers {res.codes} {res.sample[:120]!r}", flush=True)
+            n_batches = after[1] - before[1]
+            detail = (f"cores: web {(cpu[0] - cpu0[0]) / res.seconds:.2f} redis {(cpu[1] - cpu0[1]) / res.seconds:.2f}"
+                      + (f"  {res.ok / n_batches:5.1f} requests a batch, round trip "
+                         f"{(after[0] - before[0]) / n_batches * 1e6:5.0f} us" if n_batches else ""))
+            return res, detail
+
+        for r in range(1, a.rounds + 1):
+            order = ["A", "B"] if r % 2 else ["B", "A"]
+            # New web processes every round, started in the round's order, each warmed up by an
+            # untimed run: a process keeps whatever the scheduler and its own start gave it (an
+            # A/A run with the same two processes throughout had B 14 % slower, 5 rounds of 6).
+            for web in webs.values():
+                servers.remove(web)
+                web.stop()
+            webs = {name: start(name) for name in order}
+            servers += webs.values()
             got: dict[str, float] = {}
             for name in [*order, "bare"]:
-                fx.fresh()
                 web = bare if name == "bare" else webs[name]
-                target, key, ids = (BY_NAME["bare"], "", None) if name == "bare" else (ep, fx.key, None)
-                if name != "bare" and ep.ids == "transition":
-                    n = max(200, math.ceil(a.headroom * seconds * expected))
-                    ids = fx.write([t["id"] for t in fx.claimed(n, ep.start_first)], name)
-                elif name != "bare" and ep.ids in ("tasks", "folders"):
-                    tasks = fx.claimed(1000, start=False)
-                    field = "folder_id" if ep.ids == "folders" else "id"
-                    ids = fx.write(list(dict.fromkeys(t[field] for t in tasks)), name)
-                before = batches(web) if name != "bare" else (0.0, 0.0)
-                cpu0 = (cpu_seconds(web.proc.pid), cpu_seconds(rs.proc.pid))
-                res = run_wrk(a, web.port, target, key, ids, ep.ids in ("tasks", "folders"), seconds)
-                cpu = (cpu_seconds(web.proc.pid), cpu_seconds(rs.proc.pid))
-                after = batches(web) if name != "bare" else (0.0, 0.0)
+                run(name, web, 1)  # untimed
+                res, detail = run(name, web, a.duration)
                 if res.exhausted:
-                    expected = max(expected, res.rate) * 1.5
                     print(f"  round {r} {name}: a wrk thread used up its task list; the round does not count",
                           flush=True)
-                if res.bad:
-                    print(f"  round {r} {name}: {res.bad} non-2xx answers {res.codes} {res.sample[:120]!r}",
-                          flush=True)
-                expected = max(expected, res.rate) if name != "bare" else expected
-                if not r or res.exhausted:
-                    got.clear()
-                    continue
+                    break
                 got[name] = res.rate
-                n_batches = after[1] - before[1]
-                detail = (f"  {res.ok / n_batches:5.1f} requests a batch, round trip "
-                          f"{(after[0] - before[0]) / n_batches * 1e6:5.0f} us" if n_batches else "")
-                print(f"  round {r} {name:4} {res.rate:9,.0f} req/s  cores: web {(cpu[0] - cpu0[0]) / res.seconds:.2f}"
-                      f" redis {(cpu[1] - cpu0[1]) / res.seconds:.2f}{detail}", flush=True)
-            if len(got) == 3:  # a round with a run that used up its list counts for none of the three
+                print(f"  round {r} {name:4} {res.rate:9,.0f} req/s  {detail}", flush=True)
+            if len(got) == 3:
                 for name, rate in got.items():
                     rates[name].append(rate)
         pairs = [b / a_ for a_, b in zip(rates["A"], rates["B"])]
