@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from engine.scripts import LUA_DIR, ScriptSet, render
+from engine.scripts import LUA_DIR, ScriptSet, drop_unused, paste_includes, render
 from tests.helpers import ids, link, online_server, request_doc
 
 
@@ -35,6 +35,56 @@ def test_includes_are_pasted_once():
     assert source.count("local function emit(") == 1
     assert source.count("local function change_status(") == 1
     assert source.count("local function sweep_lapsed(") == 1
+
+
+HELPERS = """local K = ARGV[1]
+local function leaf(x)
+  return x .. K
+end
+local function only_for_unused(x)
+  return leaf(x)
+end
+local function unused()
+  return only_for_unused(1)
+end
+-- mentioned_in_a_comment keeps its block
+local function mentioned_in_a_comment()
+  return 2
+end
+local function used(x)
+  return leaf(x)
+end
+return used('a')
+"""
+
+
+def test_helpers_a_script_never_calls_are_dropped_with_the_helpers_only_they_call():
+    out = drop_unused(HELPERS)
+    assert "local function unused(" not in out
+    assert "local function only_for_unused(" not in out  # its one caller was dropped
+    assert "local function used(" in out and "local function leaf(" in out  # leaf is still called by used
+    assert "local function mentioned_in_a_comment(" in out  # a name that appears anywhere else stays
+    assert out.endswith("return used('a')\n")
+    assert "\nend\nend" not in out  # whole blocks go, header through its column-0 end
+
+
+def test_a_block_that_cannot_be_delimited_drops_nothing():
+    one_liner = "local function f(x) return x end  -- a comment\nlocal function g()\n  return 1\nend\nreturn 0\n"
+    assert drop_unused(one_liner) == one_liner
+    unterminated = "local function f()\n  return 1\nreturn f()\n"
+    assert drop_unused(unterminated) == unterminated
+
+
+def test_shipped_scripts_keep_every_helper_they_call():
+    # Each helper a rendered script still names is defined in it; the suite runs every script.
+    for path in LUA_DIR.glob("*/*.lua"):
+        if path.parent.name == "includes":
+            continue
+        source = render(path)
+        defined = set(re.findall(r"^local function (\w+)\(", source, re.MULTILINE))
+        for name in re.findall(r"^local function (\w+)\(", paste_includes(path), re.MULTILINE):
+            if re.search(rf"\b{name}\(", source.replace(f"local function {name}(", "")):
+                assert name in defined, f"{path.name} calls {name} but it was dropped"
 
 
 def test_shared_includes_name_no_contract():

@@ -34,8 +34,9 @@ for i = 5, #ARGV, 4 do
   local sid, t, refusal = held_task(ARGV[i], ARGV[i + 1], offline_after, RUNNING)
   if sid and t.st == 'registering' and lp == '' then sid, refusal = nil, {'link_post_required', t.st} end
   if sid then
-    local extra = {'own', '', 'note', note}
-    if lp ~= '' then extra[5], extra[6] = 'lp', lp end
+    -- built whole: a table grown past its constructor's size is rehashed
+    local extra
+    if lp ~= '' then extra = {'own', '', 'note', note, 'lp', lp} else extra = {'own', '', 'note', note} end
     done[#done + 1] = t.id
     if t.st == 'registering' then
       set_status(t, 'profiled', sid, extra)
