@@ -22,6 +22,8 @@ Redis restart or ``SCRIPT FLUSH``), which is exactly the behaviour we want.
 from __future__ import annotations
 
 import re
+from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,8 +36,10 @@ _INCLUDE = re.compile(r"^-- @include (\w+)\s*$", re.MULTILINE)
 _NAME = re.compile(r"^(?P<verb>[a-z_]+)-(?P<nkeys>\d+)\.lua$")
 
 
+@lru_cache(maxsize=None)
 def render(path: Path) -> str:
-    """The script as loaded: its includes pasted in, without the helpers it never refers to."""
+    """The script as loaded: its includes pasted in, without the helpers it never refers to.
+    Rendered once per process (every ``ScriptSet`` of every engine loads the same files)."""
     return drop_unused(paste_includes(path))
 
 
@@ -56,6 +60,7 @@ def paste_includes(path: Path, seen: set[str] | None = None) -> str:
 
 
 _FUNCTION = re.compile(r"^local function (\w+)\(")
+_WORD = re.compile(r"\w+")
 
 
 def drop_unused(source: str) -> str:
@@ -86,15 +91,20 @@ def drop_unused(source: str) -> str:
             return source
         blocks.append((m.group(1), i, j))
         i = j + 1
+    # How often each name appears in the source, and in each block: dropping a block
+    # takes its own words out of the count, so one tokenizing pass serves every round.
+    uses = Counter(_WORD.findall(source))
+    words = {a: Counter(_WORD.findall("\n".join(lines[a:b + 1]))) for _, a, b in blocks}
     dropped: set[int] = set()
+    live = list(blocks)
     while True:
-        kept = "\n".join(line for n, line in enumerate(lines) if n not in dropped)
-        unused = [(name, a, b) for name, a, b in blocks if a not in dropped
-                  and len(re.findall(rf"\b{name}\b", kept)) == 1]
+        unused = [(name, a, b) for name, a, b in live if uses[name] == 1]
         if not unused:
-            return kept
+            return "\n".join(line for n, line in enumerate(lines) if n not in dropped)
         for _, a, b in unused:
             dropped.update(range(a, b + 1))
+            uses.subtract(words[a])
+        live = [block for block in live if block[1] not in dropped]
 
 
 class ScriptSet:
