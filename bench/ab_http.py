@@ -36,7 +36,6 @@ if str(ROOT) not in sys.path:
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import multiprocessing  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -107,12 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             fx.fresh()
             target, key, ids = (BY_NAME["bare"], "", None) if name == "bare" else (ep, fx.key, None)
             if name != "bare" and ep.ids == "transition":
-                n = max(200, math.ceil(a.headroom * seconds * expected))
-                ids = fx.write([t["id"] for t in fx.claimed(n, ep.start_first)], name)
+                ids = fx.transition_ids(ep, seconds, expected, a.headroom, name)
             elif name != "bare" and ep.ids in ("tasks", "folders"):
-                tasks = fx.claimed(1000, start=False)
-                field = "folder_id" if ep.ids == "folders" else "id"
-                ids = fx.write(list(dict.fromkeys(t[field] for t in tasks)), name)
+                ids = fx.cycle_ids(ep)
             before = batches(web) if name != "bare" else (0.0, 0.0)
             cpu0 = (cpu_seconds(web.proc.pid), cpu_seconds(rs.proc.pid))
             res = run_wrk(a, web.port, target, key, ids, ep.ids in ("tasks", "folders"), seconds)

@@ -217,6 +217,17 @@ class Fixture:
             assert sum(self.pool.map(_start_in_worker, [self.sid] * len(chunks), chunks)) == n
         return tasks
 
+    def cycle_ids(self, ep: Endpoint) -> Path:
+        """What detail and connect-status cycle over: READ_POOL claimed tasks' ids, or their folders."""
+        tasks = self.claimed(READ_POOL, start=False)
+        field_ = "folder_id" if ep.ids == "folders" else "id"
+        return self.write(list(dict.fromkeys(t[field_] for t in tasks)), ep.name)
+
+    def transition_ids(self, ep: Endpoint, seconds: float, rate: float, headroom: float, name: str) -> Path:
+        """A fresh task per request of a transition endpoint for ``seconds`` at ``rate``, times ``headroom``."""
+        n = max(200, math.ceil(headroom * seconds * rate))
+        return self.write([t["id"] for t in self.claimed(n, ep.start_first)], name)
+
     def write(self, ids: list[str], name: str) -> Path:
         path = self.workdir / f"{name}.ids"
         path.write_text("\n".join(ids) + "\n")
@@ -240,13 +251,10 @@ def measure(a: argparse.Namespace, fx: Fixture, ports: dict[str, int], pids: dic
     cycle = ep.ids in ("tasks", "folders")
     ids_file: Path | None = None
     if cycle:
-        tasks = fx.claimed(READ_POOL, start=False)
-        field_ = "folder_id" if ep.ids == "folders" else "id"
-        ids_file = fx.write(list(dict.fromkeys(t[field_] for t in tasks)), ep.name)
+        ids_file = fx.cycle_ids(ep)
 
     def pool(seconds: float, rate: float, name: str) -> Path:
-        n = max(200, math.ceil(a.headroom * seconds * rate))
-        return fx.write([t["id"] for t in fx.claimed(n, ep.start_first)], name)
+        return fx.transition_ids(ep, seconds, rate, a.headroom, name)
 
     # untimed warm-up
     if ep.ids == "transition":
