@@ -9,8 +9,9 @@ Two kinds of figures, kept apart on purpose:
   reports the same truth, never multiplied by the number of processes, and it
   includes the work of RQ jobs and the CLI.
 - **Per process** (request latency per route, claim batch sizes, Redis round
-  trips): prometheus_client histograms. One process: this module's registry.
-  Several (``TASKHUB_WEB_WORKERS`` > 1): ``taskhub web`` points
+  trips): histograms. One process: this module's registry, and the lock-free
+  ``LoopHistogram`` (an observation is a bisect and two additions).
+  Several (``TASKHUB_WEB_WORKERS`` > 1): prometheus_client's histograms, and ``taskhub web`` points
   ``PROMETHEUS_MULTIPROC_DIR`` at an emptied directory before the workers
   start (``prepare_multiprocess``), each worker writes its samples to its own
   files there, and a scrape sums them with ``MultiProcessCollector``, so the
@@ -28,14 +29,17 @@ clients only when it is unset.
 from __future__ import annotations
 
 import os
+import threading
 import time
+from bisect import bisect_left
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import redis
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, disable_created_metrics,
                                generate_latest)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.utils import floatToGoString
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -55,20 +59,117 @@ METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 
 disable_created_metrics()  # no *_created series: Prometheus does not need them, and they double the output
 LOCAL = CollectorRegistry()
-REQUEST_SECONDS = Histogram(
+
+
+class LoopHistogram:
+    """A labelled histogram for one process's event loop: an observation is a bisect and two additions.
+
+    Why not prometheus_client's ``Histogram`` here: its ``observe`` takes two
+    locks and walks the buckets in Python, 13,400 instructions of the 157,100 a
+    complete request costs the web process (``bench/app_instructions.py``, with
+    and without ``TASKHUB_METRICS=0``), for a request-latency figure every
+    request pays. Nothing here takes a lock: the observations come from the
+    event loop's one thread (a child observed from several threads takes
+    ``locked=True``: the scrape's own round trip, timed on the threadpool). A
+    scrape, on a thread, collects a copy of each child's counts, so a family's
+    buckets and count always agree; its sum may lack an observation made
+    meanwhile.
+
+    Used in a single-process web, where this process's registry is what a
+    scrape reads. With several workers (``PROMETHEUS_MULTIPROC_DIR``) each
+    observation must reach the shared sample files at once, which is what
+    prometheus_client's ``Histogram`` does (``histogram`` picks).
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
+                 registry: CollectorRegistry | None = None) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
+        bounds = tuple(float(b) for b in buckets)
+        if bounds != tuple(sorted(set(bounds))):
+            raise ValueError(f"{name}: buckets must be in increasing order")
+        self.bounds = bounds if bounds[-1] == float("inf") else (*bounds, float("inf"))
+        self._names = [floatToGoString(b) for b in self.bounds]
+        self._children: dict[tuple[str, ...], _LoopChild] = {}
+        if registry is not None:
+            registry.register(self)
+
+    def labels(self, *values: Any, locked: bool = False) -> "_LoopChild":
+        key = tuple(str(v) for v in values)
+        if len(key) != len(self.labelnames):
+            raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected, got {len(key)}")
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = (_LockedChild if locked else _LoopChild)(self.bounds)
+        return child
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for key, child in list(self._children.items()):
+            counts, total = child.snapshot()
+            cumulative, running = [], 0
+            for name, n in zip(self._names, counts):
+                running += n
+                cumulative.append((name, running))
+            family.add_metric(list(key), cumulative, total)
+        yield family
+
+
+class _LoopChild:
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)  # per bucket, not cumulative: the first bound >= the amount
+        self.sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+    def snapshot(self) -> tuple[list[int], float]:
+        return list(self.counts), self.sum
+
+
+class _LockedChild(_LoopChild):
+    __slots__ = ("lock",)
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        super().__init__(bounds)
+        self.lock = threading.Lock()
+
+    def observe(self, amount: float) -> None:
+        with self.lock:
+            super().observe(amount)
+
+    def snapshot(self) -> tuple[list[int], float]:
+        with self.lock:
+            return super().snapshot()
+
+
+def histogram(name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
+              registry: CollectorRegistry = LOCAL) -> Any:
+    """A histogram of this process's registry: ``LoopHistogram``, or with several workers
+    prometheus_client's (its values go to the shared sample files)."""
+    if os.environ.get(MULTIPROC_ENV):
+        return Histogram(name, documentation, labelnames, registry=registry, buckets=buckets)
+    return LoopHistogram(name, documentation, labelnames, buckets, registry=registry)
+
+
+REQUEST_SECONDS = histogram(
     "taskhub_http_request_duration_seconds", "HTTP requests by route template: time to the response's end.",
-    ["method", "route", "status"], registry=LOCAL,
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
-CLAIM_BATCH = Histogram(
+    ["method", "route", "status"],
+    (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+CLAIM_BATCH = histogram(
     "taskhub_claim_batch_size", "Tasks handed out per claim call (stacking pull, device agent claim).",
-    ["contract"], registry=LOCAL, buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
-REDIS_SECONDS = Histogram(
+    ["contract"], (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000))
+REDIS_SECONDS = histogram(
     "taskhub_redis_roundtrip_seconds",
     "Redis round trips: a web worker's batched pipeline (source=batch) or the scrape's read (source=scrape).",
-    ["source"], registry=LOCAL,
-    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+    ["source"], (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
 _BATCH_RTT = REDIS_SECONDS.labels("batch")
-_SCRAPE_RTT = REDIS_SECONDS.labels("scrape")
+# observed on the scrape's thread (several scrapes may run at once)
+_SCRAPE_RTT = (REDIS_SECONDS.labels("scrape", locked=True) if isinstance(REDIS_SECONDS, LoopHistogram)
+               else REDIS_SECONDS.labels("scrape"))
 _CLAIMS = {contract: CLAIM_BATCH.labels(contract) for contract in ("stacking", "devices")}
 
 

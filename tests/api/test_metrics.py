@@ -250,3 +250,55 @@ def test_prepare_multiprocess_empties_the_directory_only_for_several_workers(tmp
     assert metrics.prepare_multiprocess(2, tmp_path) == str(tmp_path / "metrics")
     assert os.environ[metrics.MULTIPROC_ENV] == str(tmp_path / "metrics")
     assert not old.exists() and keep.exists()
+
+
+def test_the_loop_histogram_renders_what_prometheus_clients_would():
+    """Same observations, same text: bucket edges (an amount equal to a bound is in it), +Inf,
+    several children, label values given as numbers."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    bounds = (0, 0.0005, 0.001, 0.0025, 0.01, 1)
+    loop = metrics.LoopHistogram("t_seconds", "doc", ["route", "n"], bounds, registry=ours)
+    ref = Histogram("t_seconds", "doc", ["route", "n"], buckets=bounds, registry=theirs)
+    for amount in (0, 0.0005, 0.00051, 0.001, 0.0024, 0.0025, 0.3, 1, 1.5, 99, -0.1):
+        for labels in (("a", 1), ("b/{id}", 2)):
+            loop.labels(*labels).observe(amount * len(labels[0]))
+            ref.labels(*labels).observe(amount * len(labels[0]))
+    text = generate_latest(ours).decode()
+    assert text == generate_latest(theirs).decode()
+    assert 't_seconds_bucket{le="+Inf",n="1",route="a"} 11.0' in text
+    assert 't_seconds_bucket{le="0.0005",n="1",route="a"} 3.0' in text  # -0.1, 0 and 0.0005
+    with pytest.raises(ValueError):
+        loop.labels("a")
+    with pytest.raises(ValueError):
+        metrics.LoopHistogram("u", "doc", [], (1, 0.5))
+
+
+def test_a_locked_child_counts_every_observation_from_many_threads():
+    """The scrape's own round trip is observed on the threadpool, several scrapes at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    hist = metrics.LoopHistogram("v_seconds", "doc", ["source"], (0.001, 0.01))
+    child = hist.labels("scrape", locked=True)
+
+    def hammer(i: int) -> None:
+        for _ in range(20_000):
+            child.observe(0.005)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(hammer, range(8)))
+    (family,) = hist.collect()
+    got = {s.name: s.value for s in family.samples if s.name != "v_seconds_bucket"}
+    assert got == {"v_seconds_count": 160_000, "v_seconds_sum": pytest.approx(800.0)}
+
+
+def test_several_workers_get_prometheus_clients_histogram(monkeypatch, tmp_path):
+    """Their observations must reach the shared sample files at once: LoopHistogram is one process's."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+    assert isinstance(metrics.histogram("w1", "doc", ["x"], (1,), registry=CollectorRegistry()),
+                      metrics.LoopHistogram)
+    monkeypatch.setenv(metrics.MULTIPROC_ENV, str(tmp_path))
+    assert isinstance(metrics.histogram("w2", "doc", ["x"], (1,), registry=CollectorRegistry()), Histogram)
