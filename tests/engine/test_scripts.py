@@ -133,3 +133,26 @@ def test_the_event_stream_is_trimmed_by_each_call_that_writes_to_it_and_only_onc
         engine.stacking.start(caller.id, tid)
         assert core.r.xlen(core.keys.events) <= cap + node + 1
     assert core.r.xlen(core.keys.events) < after_import
+
+
+def test_a_sliced_command_sends_a_long_list_whole_and_in_order(redis_client, tmp_path):
+    """includes/slices.lua: 9,000 list values and 5,000 (score, member) pairs, each more than
+    Redis' Lua 5.1 unpacks at once (its C stack limit is 8,000: ``unpack`` of the whole list
+    fails with "too many results to unpack"), arrive complete and in order; an empty list
+    sends nothing."""
+    path = tmp_path / "sliced-3.lua"
+    path.write_text("-- @include slices\n"
+                    "local n, pairs_n = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+                    "local values, scored = {}, {}\n"
+                    "for i = 1, n do values[i] = 'v' .. i end\n"
+                    "for i = 1, pairs_n do scored[2 * i - 1] = i; scored[2 * i] = 'm' .. i end\n"
+                    "call_sliced(redis.call, 'RPUSH', KEYS[1], values)\n"
+                    "call_sliced(redis.call, 'ZADD', KEYS[2], scored)\n"
+                    "call_sliced(redis.call, 'RPUSH', KEYS[3], {})\n"
+                    "return redis.call('EXISTS', KEYS[3])\n")
+    keys = ["{sliced}:list", "{sliced}:zset", "{sliced}:none"]
+    assert redis_client.eval(render(path), 3, *keys, 9000, 5000) == 0
+    assert redis_client.lrange(keys[0], 0, -1) == [f"v{i}".encode() for i in range(1, 9001)]
+    assert redis_client.zrange(keys[1], 0, -1, withscores=True) == [(f"m{i}".encode(), float(i))
+                                                                   for i in range(1, 5001)]
+    redis_client.delete(*keys)

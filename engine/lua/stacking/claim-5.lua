@@ -114,9 +114,6 @@ for p in string.gmatch(phases, '%d') do
   drain(KEYS[1 + phase], phase, true)
 end
 
--- ZADD in chunks: Lua's unpack has a stack limit of a few thousand values.
-for i = 1, #leases, 1000 do
-  redis.call('ZADD', KEYS[4], unpack(leases, i, math.min(i + 999, #leases)))
-end
+call_sliced(redis.call, 'ZADD', KEYS[4], leases)  -- score, member pairs: up to 2,000 values
 count_claims(limit - need)
 return out

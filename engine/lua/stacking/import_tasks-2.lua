@@ -31,9 +31,7 @@ local function refuse(code, detail)
     for j = 1, tonumber(ARGV[i + 4]) do ids[#ids + 1] = ARGV[i + 4 + j] end
     i = i + 5 + tonumber(ARGV[i + 4])
   end
-  for j = 1, #ids, 1000 do
-    redis.call('HDEL', KEYS[2], unpack(ids, j, math.min(j + 999, #ids)))
-  end
+  call_sliced(redis.call, 'HDEL', KEYS[2], ids)
   return {code, detail}
 end
 
@@ -68,9 +66,7 @@ for _ = 1, ngroups do
     seq = seq + 1
   end
   push_ready(fid, 1, ids)
-  for j = 1, #ids, 1000 do
-    redis.call('RPUSH', K .. 'ft:' .. fid, unpack(ids, j, math.min(j + 999, #ids)))
-  end
+  call_sliced(redis.call, 'RPUSH', K .. 'ft:' .. fid, ids)
   redis.call('HINCRBY', K .. 'fc:' .. fid, 'register', n)
   stored = stored + n
   i = i + 5 + n

@@ -8,6 +8,7 @@
 -- stats, events (all under K, so all under the script's hash tag).
 -- @include events
 -- @include status
+-- @include slices
 
 local PHASE1 = {pending = true, queued = true, running = true,
                 register = true, registering = true, profile_failed = true}
@@ -94,9 +95,7 @@ local function ready_call(cmd, rk, ...)
     if redis.call('TYPE', rk).ok == 'zset' then
       local ids = redis.call('ZRANGE', rk, 0, -1)
       redis.call('DEL', rk)
-      for i = 1, #ids, 1000 do
-        redis.call('RPUSH', rk, unpack(ids, i, math.min(i + 999, #ids)))
-      end
+      call_sliced(redis.call, 'RPUSH', rk, ids)
     end
     r = redis.call(cmd, rk, ...)  -- any other error is raised, as redis.call raises it
   end
@@ -114,13 +113,10 @@ local function index_folder(fid, phase)
   end
 end
 
--- Append ids (in claim order) to folder `fid`'s ready list for `phase`, in
--- slices that stay within Lua's unpack limit. Does not index the folder.
+-- Append ids (in claim order) to folder `fid`'s ready list for `phase`.
+-- Does not index the folder.
 local function push_ready(fid, phase, ids)
-  local rk = K .. 'fr:' .. phase .. ':' .. fid
-  for i = 1, #ids, 1000 do
-    ready_call('RPUSH', rk, unpack(ids, i, math.min(i + 999, #ids)))
-  end
+  call_sliced(ready_call, 'RPUSH', K .. 'fr:' .. phase .. ':' .. fid, ids)
 end
 
 -- Fresh tasks of folder `fid` for `phase` (ids in seq order) become claimable.
