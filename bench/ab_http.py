@@ -43,7 +43,7 @@ import urllib.request  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 
 from bench.common import RedisServer, Uvicorn, auto_http_loop, init_worker, taskhub_web  # noqa: E402
-from bench.http import BY_NAME, ENDPOINTS, NAMESPACE, Fixture, WrkResult, cpu_seconds, run_wrk  # noqa: E402
+from bench.http import BY_NAME, ENDPOINTS, NAMESPACE, Fixture, WrkResult, check_moved, cpu_seconds, run_wrk  # noqa: E402
 
 BATCH_SUM = 'taskhub_redis_roundtrip_seconds_sum{source="batch"}'
 BATCH_COUNT = 'taskhub_redis_roundtrip_seconds_count{source="batch"}'
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             res = run_wrk(a, web.port, target, key, ids, ep.ids in ("tasks", "folders"), seconds)
             cpu = (cpu_seconds(web.proc.pid), cpu_seconds(rs.proc.pid))
             after = batches(web) if name != "bare" else (0.0, 0.0)
+            if name != "bare":
+                check_moved(fx, ep, res.ok, 1, a.connections)  # the run's 2xx answers were real transitions
             if name != "bare":
                 expected = max(expected, res.rate) * (1.5 if res.exhausted else 1.0)
             if res.bad:

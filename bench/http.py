@@ -284,13 +284,7 @@ def measure(a: argparse.Namespace, fx: Fixture, ports: dict[str, int], pids: dic
         expected = max(expected, res.rate) * 2
     else:
         raise RuntimeError(f"{ep.name}: task list still too short after 4 attempts")
-    if ep.after:
-        # Every 2xx answer was a transition of its own task: the counters say so too. A
-        # wrk run ends with up to one request per connection answered but not counted.
-        stats = fx.eng.stacking.stats()
-        moved = sum(stats.get(st, 0) for st in ep.after)
-        if not answered_ok <= moved <= answered_ok + runs * a.connections:
-            raise RuntimeError(f"{ep.name}: {answered_ok} answers 2xx but {moved} tasks in {ep.after}: {stats}")
+    check_moved(fx, ep, answered_ok, runs, a.connections)
     tally.rates.append(res.rate)
     tally.cpu.append(tuple((b - a_) / res.seconds for a_, b in zip(cpu0, cpu)))  # type: ignore[arg-type]
     _report(ep, res, tally, log.stat().st_size - log_before if ep.target == "taskhub" else None)
@@ -300,6 +294,18 @@ def measure(a: argparse.Namespace, fx: Fixture, ports: dict[str, int], pids: dic
         print(f"    {ep.name:15} {tally.paired[-1]:9.3f} of the mean of the bare runs before and after it",
               flush=True)
     return res.rate
+
+
+def check_moved(fx: Fixture, ep: Endpoint, answered_ok: int, runs: int, connections: int) -> None:
+    """Every 2xx answer of ``ep``'s ``runs`` wrk runs since ``fx.fresh()`` was a transition of its
+    own task: the status counters say so too (an endpoint with ``after`` only). A wrk run ends
+    with up to one request per connection answered but not counted."""
+    if not ep.after:
+        return
+    stats = fx.eng.stacking.stats()
+    moved = sum(stats.get(st, 0) for st in ep.after)
+    if not answered_ok <= moved <= answered_ok + runs * connections:
+        raise RuntimeError(f"{ep.name}: {answered_ok} answers 2xx but {moved} tasks in {ep.after}: {stats}")
 
 
 def measure_bare(a: argparse.Namespace, ports: dict[str, int], pids: dict[str, int], tally: Tally) -> float:
