@@ -248,7 +248,6 @@ def main(argv: list[str] | None = None) -> int:
             f"(target (c)/(a) >= 0.5).\n"
         )
         write_section(Path(a.out), SECTION, text)
-        print(f"wrote section '{SECTION[3:]}' of {a.out}")
     return 0
 
 

@@ -339,7 +339,8 @@ def command_line(script: str, argv: list[str] | None) -> str:
 
 
 def write_section(path: Path, section: str, text: str) -> None:
-    """Replace the ``section`` heading (``## ...``, up to the next ``## ``) with ``text``; keep the rest."""
+    """Replace the ``section`` heading (``## ...``, up to the next ``## ``) with ``text``; keep the rest.
+    Says so on stdout, after the figures the script printed."""
     old = path.read_text() if path.exists() else "# Benchmarks\n\nFigures from the scripts in `bench/`.\n"
     lines = old.splitlines(keepends=True)
     start = next((i for i, line in enumerate(lines) if line.rstrip() == section), None)
@@ -350,3 +351,4 @@ def write_section(path: Path, section: str, text: str) -> None:
         tail = "".join(lines[end:])
         new = "".join(lines[:start]) + text + ("\n" + tail if tail else "")
     path.write_text(new)
+    print(f"wrote section '{section[3:]}' of {path}")

@@ -443,7 +443,6 @@ def main(argv: list[str] | None = None) -> int:
               f"list p50 < 20 ms — engine {met(list_ok)}, HTTP {met(list_http_ok)}.\n"
         )
         write_section(Path(a.out), SECTION, text)
-        print(f"wrote section '{SECTION[3:]}' of {a.out}")
     return 0
 
 

@@ -507,7 +507,6 @@ def main(argv: list[str] | None = None) -> int:
             + "".join(f"\n**Flagged, not a clean measurement:** {f}\n" for f in flagged)
         )
         write_section(Path(a.out), SECTION, text)
-        print(f"wrote section '{SECTION[3:]}' of {a.out}")
     return 1 if flagged else 0
 
 

@@ -32,7 +32,6 @@ if str(ROOT) not in sys.path:
 import argparse  # noqa: E402
 import datetime as dt  # noqa: E402
 import os  # noqa: E402
-import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
@@ -207,7 +206,6 @@ Command: `{command}` (from the repo root) — {dt.date.today().isoformat()}, {co
 | e. the same, no import running (anchor, same run) | p50 {pct(idle, 50):.2f} ms, p99 {pct(idle, 99):.2f} ms (n={len(idle)}) | - |
 """
         write_section(Path(a.out), SECTION, text)
-        print(f"wrote section '{SECTION[3:]}' of {a.out}")
     return 0 if over20 == 0 else 1
 
 

