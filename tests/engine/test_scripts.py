@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from engine.scripts import LUA_DIR, ScriptSet, drop_unused, paste_includes, render
+from engine.scripts import LUA_DIR, ScriptSet, code_lines, drop_unused, paste_includes, render
 from tests.helpers import ids, link, online_server, request_doc
 
 
@@ -47,12 +47,20 @@ end
 local function unused()
   return only_for_unused(1)
 end
--- mentioned_in_a_comment keeps its block
+-- mentioned_in_a_comment() is only talked about here
+--[[ and here: mentioned_in_a_comment(), and
+local function commented_out()
+  return 3
+end
+]]
 local function mentioned_in_a_comment()
   return 2
 end
+local function after_code()
+  return 4
+end
 local function used(x)
-  return leaf(x)
+  return leaf(x)  -- after_code: a comment after code counts
 end
 return used('a')
 """
@@ -63,7 +71,10 @@ def test_helpers_a_script_never_calls_are_dropped_with_the_helpers_only_they_cal
     assert "local function unused(" not in out
     assert "local function only_for_unused(" not in out  # its one caller was dropped
     assert "local function used(" in out and "local function leaf(" in out  # leaf is still called by used
-    assert "local function mentioned_in_a_comment(" in out  # a name that appears anywhere else stays
+    assert "local function mentioned_in_a_comment(" not in out  # whole-line comments do not keep a helper
+    assert "local function after_code(" in out  # a comment after code does: kept on the safe side
+    assert "-- mentioned_in_a_comment() is only talked about here" in out  # comments themselves stay
+    assert "local function commented_out()" in out  # inside a block comment: not a block, left as it was
     assert out.endswith("return used('a')\n")
     assert "\nend\nend" not in out  # whole blocks go, header through its column-0 end
 
@@ -81,10 +92,11 @@ def test_shipped_scripts_keep_every_helper_they_call():
         if path.parent.name == "includes":
             continue
         source = render(path)
-        defined = set(re.findall(r"^local function (\w+)\(", source, re.MULTILINE))
+        code = "\n".join(code_lines(source))
+        defined = set(re.findall(r"^local function (\w+)\(", code, re.MULTILINE))
         for name in re.findall(r"^local function (\w+)\(", paste_includes(path), re.MULTILINE):
-            if re.search(rf"\b{name}\(", source.replace(f"local function {name}(", "")):
-                assert name in defined, f"{path.name} calls {name} but it was dropped"
+            if re.search(rf"\b{name}\b", code.replace(f"local function {name}(", "")):
+                assert name in defined, f"{path.name} uses {name} but it was dropped"
 
 
 def test_shared_includes_name_no_contract():

@@ -26,7 +26,7 @@ for i = 10, #ARGV do
   local se = ARGV[i]
   if redis.call('HEXISTS', KEYS[1], se) == 0 then
     local sk = K .. 'sched:' .. se
-    local due = redis.call('ZRANGEBYSCORE', sk, '-inf', NOW, 'LIMIT', 0, 100)
+    local due = redis.call('ZRANGEBYSCORE', sk, '-inf', STAMP, 'LIMIT', '0', '100')
     if #due > 0 then
       for _, id in ipairs(due) do redis.call('ZADD', K .. 'q:' .. se, id, id) end
       redis.call('ZREM', sk, unpack(due))
@@ -39,7 +39,7 @@ for i = 10, #ARGV do
       local t = {id = r[1], st = r[2], se = se}
       redis.call('HSET', KEYS[1], se, t.id)
       set_status(t, '1', agent, {'sa', STAMP, 'ag', agent})
-      redis.call('ZADD', KEYS[2], NOW + run_ttl, t.id)
+      redis.call('ZADD', KEYS[2], int(NOW + run_ttl), t.id)
       r[2], r[10] = '1', NOW
       out[#out + 1] = r
     end

@@ -22,6 +22,9 @@ Events: none.
 ]]
 local K, NOW = ARGV[1], tonumber(ARGV[2])
 local run_ttl = tonumber(ARGV[4])
+-- @include ints
+-- Per serial, the times as strings, formatted once (a Lua number is reformatted with %.17g on every call)
+local DEADLINE, AGED = int(NOW + run_ttl), int(NOW - run_ttl)
 
 local stops, running = {}, {}
 local m = tonumber(ARGV[5])
@@ -29,7 +32,7 @@ local i = 6 + m
 while i <= #ARGV do
   local se, n = ARGV[i], tonumber(ARGV[i + 1])
   i = i + 2
-  redis.call('HSET', KEYS[1], se, NOW)
+  redis.call('HSET', KEYS[1], se, STAMP)
   if n >= 0 then
     local ak = K .. 'acc:' .. se
     local keep = {}
@@ -49,13 +52,13 @@ while i <= #ARGV do
   end
   local id = redis.call('HGET', KEYS[3], se)
   if id then
-    redis.call('ZADD', KEYS[4], 'XX', NOW + run_ttl, id)
+    redis.call('ZADD', KEYS[4], 'XX', DEADLINE, id)
     running[#running + 1] = se
     running[#running + 1] = id
   end
   local sk = K .. 'stops:' .. se
-  redis.call('ZREMRANGEBYSCORE', sk, '-inf', NOW - run_ttl)
-  for _, s in ipairs(redis.call('ZRANGE', sk, 0, -1)) do stops[#stops + 1] = s end
+  redis.call('ZREMRANGEBYSCORE', sk, '-inf', AGED)
+  for _, s in ipairs(redis.call('ZRANGE', sk, '0', '-1')) do stops[#stops + 1] = s end
 end
 for j = 6, 5 + m do
   local u = ARGV[j]

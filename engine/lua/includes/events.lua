@@ -2,10 +2,9 @@
 -- (engine.md, principle 7). Needs locals K (tagged key prefix), NOW (ms) and
 -- MAXLEN (stream cap) defined before the include. Derived key: events.
 
--- STAMP: NOW as the caller sent it (ARGV[2], a string). Written fields take
--- STAMP, not NOW: redis.call formats a Lua number argument anew on every call
--- (%.17g), which costs a status change about a third of a microsecond each.
-local STAMP, EVENTS = ARGV[2], K .. 'events'
+-- Each event's time is STAMP (includes/ints.lua): NOW as the caller sent it.
+-- @include ints
+local EVENTS = K .. 'events'
 
 -- The cap is applied by the first event of a script call only: trimming costs
 -- each XADD about 2,300 instructions (its four arguments, and the trim that

@@ -9,7 +9,7 @@
 -- Returns how many lapsed leases it visited and how many it removed; the
 -- removed ones are counted in totals as `lapsed:<kind>` (`zset` is K .. 'lease:<kind>').
 local function sweep_lapsed(zset, batch, decide)
-  local ids = redis.call('ZRANGEBYSCORE', zset, '-inf', NOW, 'LIMIT', 0, batch)
+  local ids = redis.call('ZRANGEBYSCORE', zset, '-inf', STAMP, 'LIMIT', '0', int(batch))
   local removed = 0
   for _, id in ipairs(ids) do
     local deadline = decide(id)

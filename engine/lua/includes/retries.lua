@@ -19,13 +19,13 @@ end
 -- Up to `batch` due entries, removed before the caller acts on them: a second
 -- run of the same job, or a copy running at once, finds nothing to redo.
 local function take_due_retries(batch)
-  local ids = redis.call('ZRANGEBYSCORE', K .. 'retry', '-inf', NOW, 'LIMIT', 0, batch)
+  local ids = redis.call('ZRANGEBYSCORE', K .. 'retry', '-inf', STAMP, 'LIMIT', '0', int(batch))
   if #ids > 0 then redis.call('ZREM', K .. 'retry', unpack(ids)) end
   return ids
 end
 
 local function due_retries_left()
-  return redis.call('ZCOUNT', K .. 'retry', '-inf', NOW)
+  return redis.call('ZCOUNT', K .. 'retry', '-inf', STAMP)
 end
 
 -- `n` tasks sent back for another attempt: counted in totals as `retried`.

@@ -60,7 +60,7 @@ local function drain(index, phase, bind)
   local want = (phase == 1) and 'register' or 'connect'
   local tag = tostring(phase)
   while need > 0 do
-    local first = redis.call('ZRANGE', index, 0, 0, 'WITHSCORES')
+    local first = redis.call('ZRANGE', index, '0', '0', 'WITHSCORES')
     if #first == 0 then return end
     local fid, fseq = first[1], first[2]
     local rk = K .. 'fr:' .. phase .. ':' .. fid

@@ -21,14 +21,14 @@ if #ARGV >= 6 then
     if due and tonumber(due) <= NOW and #ids < batch then ids[#ids + 1] = ARGV[i] end
   end
 else
-  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', NOW, 'LIMIT', 0, batch)
+  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', STAMP, 'LIMIT', '0', int(batch))
 end
 local out = {}
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
   local t = K .. 't:' .. id
   if redis.call('HGET', t, 'st') == 'NOT_START' then
-    redis.call('ZADD', KEYS[2], NOW + lease, id)
+    redis.call('ZADD', KEYS[2], int(NOW + lease), id)
     local at = redis.call('HINCRBY', t, 'at', 1)
     local f = redis.call('HMGET', t, 'pf', 'ac', 'body', 'tried')
     out[#out + 1] = {id, f[1], f[2], f[3], at, f[4]}

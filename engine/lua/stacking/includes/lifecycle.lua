@@ -66,7 +66,7 @@ local function barrier(fid, actor)
   -- phase 2: its link_post), not load_task's full set.
   local disable = mode == 'disable'
   local ids, lps, per_server = {}, {}, {}
-  for _, tid in ipairs(redis.call('LRANGE', K .. 'ft:' .. fid, 0, -1)) do
+  for _, tid in ipairs(redis.call('LRANGE', K .. 'ft:' .. fid, '0', '-1')) do
     local v
     if disable then
       v = redis.call('HMGET', K .. 't:' .. tid, 'st', 'asg')
