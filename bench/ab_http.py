@@ -116,7 +116,6 @@ def main(argv: list[str] | None = None) -> int:
             after = batches(web) if name != "bare" else (0.0, 0.0)
             if name != "bare":
                 check_moved(fx, ep, res.ok, 1, a.connections)  # the run's 2xx answers were real transitions
-            if name != "bare":
                 expected = max(expected, res.rate) * (1.5 if res.exhausted else 1.0)
             if res.bad:
                 print(f"  {name}: {res.bad} non-2xx answers {res.codes} {res.sample[:120]!r}", flush=True)
