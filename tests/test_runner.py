@@ -53,7 +53,7 @@ def test_worker_waits_for_redis_and_starts_again(monkeypatch, caplog):
             self._shutdown_requested_date = "now"  # then stopped by SIGTERM, as RQ records it
             return True
 
-    monkeypatch.setattr(runner, "Worker", Worker)
+    monkeypatch.setattr(runner, "PromptWorker", Worker)
     monkeypatch.setattr(runner, "Queue", lambda name, connection: name)
     conn = FlakyRedis(down=3)
     assert runner.run_worker(conn, "taskhub") == 0
@@ -71,7 +71,7 @@ def test_worker_that_quits_while_redis_answers_still_exits_1(monkeypatch):
         def work(self, **options) -> bool:
             return False  # RQ logged "found an unhandled exception, quitting"
 
-    monkeypatch.setattr(runner, "Worker", Worker)
+    monkeypatch.setattr(runner, "PromptWorker", Worker)
     monkeypatch.setattr(runner, "Queue", lambda name, connection: name)
     assert runner.run_worker(FlakyRedis(down=0), "taskhub") == 1
 
@@ -141,3 +141,39 @@ def test_a_job_that_failed_on_a_redis_error_is_logged_in_one_line():
     other = trace.replace("redis.exceptions.ConnectionError", "ValueError")
     record = logging.LogRecord("rq.worker", logging.ERROR, __file__, 1, "%s", (other,), None)
     assert runner.OneLineRedisErrors().filter(record) and record.getMessage() == other  # other errors untouched
+
+
+def test_the_worker_stops_its_pubsub_thread_within_a_second_or_so(real_redis_socket):
+    """RQ's teardown unsubscribes, then stops the pubsub thread, and redis-py joins it with no
+    timeout. A thread that has seen the unsubscribe waits out its wake-up interval first: with
+    RQ's 60 s, ``taskhub worker`` was seen stuck there for 10 s after SIGTERM (py-spy), and
+    honcho SIGKILLs after 5 s. PromptWorker's thread wakes every PUBSUB_WAKE_S."""
+    import threading
+    import time
+
+    from rq import Queue
+
+    conn = redis.Redis(unix_socket_path=str(real_redis_socket))
+    worker = runner.PromptWorker([Queue("runner-test", connection=conn)], connection=conn)
+    worker.subscribe()
+    thread = worker.pubsub_thread
+    try:
+        deadline = time.monotonic() + 5
+        while not worker.pubsub.subscribed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert worker.pubsub.subscribed
+        worker.pubsub.unsubscribe()
+        while worker.pubsub.subscribed and time.monotonic() < deadline:  # the thread reads the reply
+            time.sleep(0.01)
+        assert not worker.pubsub.subscribed
+        time.sleep(0.1)  # now it waits for a subscription, up to its wake-up interval
+        stopper = threading.Thread(target=thread.stop)
+        started = time.monotonic()
+        stopper.start()
+        stopper.join(timeout=3)  # honcho's patience is 5 s
+        assert not stopper.is_alive(), "the pubsub thread did not stop within 3 s"
+        assert not thread.is_alive()
+        assert time.monotonic() - started <= 3
+    finally:
+        thread._running.clear()
+        worker.pubsub.close()

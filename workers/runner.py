@@ -115,6 +115,29 @@ def wait_for_redis(conn: redis.Redis, what: str, reason: BaseException | str, st
     return False
 
 
+PUBSUB_WAKE_S = 1.0
+
+
+class PromptWorker(Worker):
+    """RQ's ``Worker`` whose pubsub thread wakes every ``PUBSUB_WAKE_S`` instead of every 60 s.
+
+    Why: on SIGTERM/SIGINT RQ's teardown unsubscribes and then stops that thread, and
+    redis-py (8.x) joins it with no timeout. A thread that had already seen the
+    unsubscribe waits out its ``get_message`` timeout first, RQ's 60 s: ``taskhub worker``
+    took 10 s to stop in one measurement, and honcho, which kills a process 5 s after
+    asking, had to SIGKILL it. Commands sent on the channel (``rq.command``) still arrive
+    at once; only the idle wake-up is more frequent (one a second). Otherwise RQ's own
+    ``subscribe``.
+    """
+
+    def subscribe(self) -> None:
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(sleep_time=PUBSUB_WAKE_S, daemon=True,
+                                                       exception_handler=self._pubsub_exception_handler)
+
+
 def _drop_pubsub(worker: Worker) -> None:
     """A worker torn down while Redis is away never unsubscribes; stop its pubsub thread ourselves."""
     thread = getattr(worker, "pubsub_thread", None)
@@ -131,7 +154,7 @@ def run_worker(conn: redis.Redis, queue: str) -> int:
             worker: Worker | None = None
             error: BaseException | str = "the worker loop ended"
             try:
-                worker = Worker([Queue(queue, connection=conn)], connection=conn)
+                worker = PromptWorker([Queue(queue, connection=conn)], connection=conn)
                 worker.max_connection_wait_time = RETRY_MAX_S  # RQ's own retry while waiting for a job
                 worker.work(with_scheduler=False, logging_level="WARNING")
             except REDIS_DOWN as exc:
