@@ -24,7 +24,8 @@ far (``--headroom`` x duration x rate); a thread that uses up its slice stops,
 and the measurement is redone with a longer list. detail and connect-status
 cycle over 1,000 claimed tasks (20 folders); the heartbeat posts fixed metrics.
 Non-2xx answers are counted by the wrk script (``bench/wrk_walk.lua``) and
-flagged.
+flagged. Each run also reports, from /proc/stat, the CPU the rest of the machine used
+meanwhile and the steal time: a run beside a busy neighbour says so.
 
 An endpoint's ratio to bare is the median, over the repeats, of its run divided by
 the mean of the two bare runs around it. Why bracketed: on this shared machine the
