@@ -23,8 +23,12 @@ request is a real state transition. The lists are sized from the rate seen so
 far (``--headroom`` x duration x rate); a thread that uses up its slice stops,
 and the measurement is redone with a longer list. detail and connect-status
 cycle over 1,000 claimed tasks (20 folders); the heartbeat posts fixed metrics.
-Non-2xx answers are counted by the wrk script (``bench/wrk_walk.lua``) and
-flagged. Each run also reports, from /proc/stat, the CPU the rest of the machine used
+The wrk script (``bench/wrk_walk.lua``) joins prepared pieces per request and, in
+the measured runs, leaves the responses to wrk (which counts statuses over 399 as
+non-2xx); each untimed warm-up counts every status in Lua, and the status counters
+of start/complete/fail are checked against the 2xx answers: non-2xx are flagged.
+Why: the generator's own work per request is part of every turn of wrk's closed
+loop (BENCHMARKS.md, "Why complete is short"). Each run also reports, from /proc/stat, the CPU the rest of the machine used
 meanwhile and the steal time: a run beside a busy neighbour says so.
 
 An endpoint's ratio to bare is the median, over the repeats, of its run divided by
@@ -183,9 +187,13 @@ def record_cpu(tally: Tally, before: tuple[float, ...], after: tuple[float, ...]
 
 # ---- wrk ---------------------------------------------------------------------
 def run_wrk(a: argparse.Namespace, port: int, ep: Endpoint, key: str, ids_file: Path | None, cycle: bool,
-            seconds: int) -> WrkResult:
+            seconds: int, by_status: bool = False) -> WrkResult:
+    """One wrk run. ``by_status``: the script sees every response and counts each status (the
+    untimed warm-ups: a wrong answer is named there, with a sample body); otherwise wrk leaves the
+    responses unparsed and counts statuses over 399 itself (the measured runs)."""
     env = dict(os.environ, BENCH_METHOD=ep.method, BENCH_PATH=ep.path, BENCH_BODY=ep.body, BENCH_KEY=key,
-               BENCH_IDS=str(ids_file or ""), BENCH_CYCLE="1" if cycle else "0", BENCH_THREADS=str(a.threads))
+               BENCH_IDS=str(ids_file or ""), BENCH_CYCLE="1" if cycle else "0", BENCH_THREADS=str(a.threads),
+               BENCH_STATUS="1" if by_status else "0")
     cmd = ["wrk", f"-t{a.threads}", f"-c{a.connections}", f"-d{seconds}s", "-s", str(LUA),
            f"http://127.0.0.1:{port}"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60)
@@ -285,7 +293,7 @@ def measure(a: argparse.Namespace, fx: Fixture, ports: dict[str, int], pids: dic
     # untimed warm-up
     if ep.ids == "transition":
         ids_file = pool(a.warmup, expected, f"{ep.name}-warm")
-    warm = run_wrk(a, port, ep, key, ids_file, cycle, a.warmup)
+    warm = run_wrk(a, port, ep, key, ids_file, cycle, a.warmup, by_status=True)
     tally.warmup_non2xx += warm.bad
     answered_ok, runs = warm.ok, 1
     if ep.ids == "transition" and not warm.exhausted:
@@ -440,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         tallies = {e.name: Tally() for e in endpoints}
         fx = Fixture(rs, pool, a.payload, rs.dir)
         bare_ep = BY_NAME["bare"]
-        warm = run_wrk(a, ports["bare"], bare_ep, "", None, False, a.warmup)  # untimed, once
+        warm = run_wrk(a, ports["bare"], bare_ep, "", None, False, a.warmup, by_status=True)  # untimed, once
         tallies["bare"].warmup_non2xx += warm.bad
 
         def bare_run() -> float:
@@ -526,7 +534,10 @@ def main(argv: list[str] | None = None) -> int:
               f"complete/fail beforehand; each wrk thread walks its own slice of the ids), chain mode, folders "
               f"of 50, so every 50th complete fires its folder's barrier; detail and connect-status cycle over "
               f"{READ_POOL:,} claimed phase-1 tasks ({a.payload} payload) and their 20 folders; health posts "
-              f"fixed metrics. Non-2xx answers counted by `bench/wrk_walk.lua`. wrk, uvicorn and Redis share "
+              f"fixed metrics. wrk's requests are prepared pieces joined per request, a request without an id "
+              f"is wrk's static one, and measured runs leave the responses unparsed (`bench/wrk_walk.lua`): "
+              f"non-2xx there is wrk's count of statuses over 399; every warm-up counts each status in Lua, "
+              f"and the transitions' counters are checked against the 2xx answers. wrk, uvicorn and Redis share "
               f"the machine's CPUs; \"cpu\" is each one's CPU time over the measured seconds, in cores (median), "
               f"read from /proc for the app's and Redis' processes and from wrk's rusage; \"other/steal\" "
               f"(the highest of the endpoint's runs, in cores) is the rest of the machine over the same seconds, "
