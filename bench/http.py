@@ -257,13 +257,21 @@ class Fixture:
         field_ = "folder_id" if ep.ids == "folders" else "id"
         return self.write(list(dict.fromkeys(t[field_] for t in tasks)), ep.name)
 
-    def transition_ids(self, ep: Endpoint, seconds: float, rate: float, headroom: float, name: str) -> Path:
-        """A fresh task per request of a transition endpoint for ``seconds`` at ``rate``, times ``headroom``."""
+    def transition_ids(self, ep: Endpoint, seconds: float, rate: float, headroom: float, name: str,
+                       threads: int) -> Path:
+        """A fresh task per request of a transition endpoint for ``seconds`` at ``rate``, times ``headroom``:
+        one file per wrk thread (``<path>.<n>``, n from 1), each its own slice, which the thread reads
+        one line per request. Why not one list that every thread loads: wrk sets up each thread's
+        script just before starting that thread, so while the second thread loaded 100,000 ids
+        (about 50 ms) the first was already sending, ahead of the timed run."""
         n = max(200, math.ceil(headroom * seconds * rate))
-        return self.write([t["id"] for t in self.claimed(n, ep.start_first)], name)
+        ids = [t["id"] for t in self.claimed(n, ep.start_first)]
+        for i in range(threads):
+            self.write(ids[i * n // threads:(i + 1) * n // threads], f"{name}.ids.{i + 1}", "")
+        return self.workdir / f"{name}.ids"
 
-    def write(self, ids: list[str], name: str) -> Path:
-        path = self.workdir / f"{name}.ids"
+    def write(self, ids: list[str], name: str, suffix: str = ".ids") -> Path:
+        path = self.workdir / f"{name}{suffix}"
         path.write_text("\n".join(ids) + "\n")
         return path
 
@@ -288,7 +296,7 @@ def measure(a: argparse.Namespace, fx: Fixture, ports: dict[str, int], pids: dic
         ids_file = fx.cycle_ids(ep)
 
     def pool(seconds: float, rate: float, name: str) -> Path:
-        return fx.transition_ids(ep, seconds, rate, a.headroom, name)
+        return fx.transition_ids(ep, seconds, rate, a.headroom, name, a.threads)
 
     # untimed warm-up
     if ep.ids == "transition":

@@ -7,10 +7,14 @@
 --   BENCH_KEY      X-API-Key header value ("" for none)
 --   BENCH_IDS      file with one id per line ("" when the path has no "{id}")
 --   BENCH_CYCLE    "1": each thread cycles through the whole list from its own
---                  offset (reads); otherwise each thread walks its own disjoint
---                  slice once (state transitions: no id is ever sent twice) and
---                  stops when the slice is used up, setting `exhausted`.
---   BENCH_THREADS  wrk's -t, to cut the list into slices
+--                  offset (reads); otherwise thread n reads its own slice from
+--                  BENCH_IDS .. "." .. n, one line per request (state
+--                  transitions: no id is ever sent twice), and stops when the
+--                  slice is used up, setting `exhausted`. Read as it goes, not
+--                  loaded: wrk sets up each thread just before starting it, and a
+--                  thread that loaded 100,000 ids first let the threads started
+--                  before it run ahead of the timed run.
+--   BENCH_THREADS  wrk's -t, to spread the cycling threads over the list
 --   BENCH_STATUS   "1": count every response's status in Lua (2xx ok, anything
 --                  else bad, with a sample body); otherwise leave the responses
 --                  to wrk, which counts statuses over 399 (`errors.status`).
@@ -34,8 +38,8 @@ local cycle = os.getenv("BENCH_CYCLE") == "1"
 local nthreads = tonumber(os.getenv("BENCH_THREADS") or "1")
 local by_status = os.getenv("BENCH_STATUS") == "1"
 
-local ids = {}
-if ids_file ~= "" then
+local ids, slice = {}, nil
+if ids_file ~= "" and cycle then
   for line in io.lines(ids_file) do
     if line ~= "" then ids[#ids + 1] = line end
   end
@@ -50,7 +54,7 @@ end
 
 -- thread state
 ok, bad, exhausted, codes, sample = 0, 0, 0, "", ""
-local first, last, nxt = 1, 0, 1
+local first, last, nxt = 1, 0, 1  -- cycling: the list's bounds and the next index
 local counts = {}
 
 -- `tpl` cut at each "{id}": its pieces, in `into` (from index `at`), with a
@@ -98,15 +102,12 @@ local function build(id)
 end
 
 function init(args)
-  local n = #ids
-  if n > 0 then
+  if ids_file ~= "" then
     if cycle then
-      first, last = 1, n
-      nxt = math.floor((tindex - 1) * n / nthreads) + 1
+      first, last = 1, #ids
+      nxt = math.floor((tindex - 1) * #ids / nthreads) + 1
     else
-      first = math.floor((tindex - 1) * n / nthreads) + 1
-      last = math.floor(tindex * n / nthreads)
-      nxt = first
+      slice = assert(io.open(ids_file .. "." .. tindex))
     end
     prepare()
   else
@@ -123,19 +124,21 @@ function init(args)
 end
 
 function request()
-  if nxt > last then
-    if cycle then
-      nxt = first
-    else
+  local id
+  if slice then
+    id = slice:read("*l")
+    if not id or id == "" then
       -- slice used up: stop this thread; the request returned here may still be
       -- written, so it goes to a path that changes nothing
       exhausted = 1
       wrk.thread:stop()
       return wrk.format("GET", "/bench-exhausted", {})
     end
+  else
+    if nxt > last then nxt = first end
+    id = ids[nxt]
+    nxt = nxt + 1
   end
-  local id = ids[nxt]
-  nxt = nxt + 1
   return build(id)
 end
 
