@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             fx.fresh()
             target, key, ids = (BY_NAME["bare"], "", None) if name == "bare" else (ep, fx.key, None)
             if name != "bare" and ep.ids == "transition":
-                ids = fx.transition_ids(ep, seconds, expected, a.headroom, name)
+                ids = fx.transition_ids(ep, seconds, expected, a.headroom, name, a.threads)
             elif name != "bare" and ep.ids in ("tasks", "folders"):
                 ids = fx.cycle_ids(ep)
             before = batches(web) if name != "bare" else (0.0, 0.0)
