@@ -28,8 +28,9 @@ the measured runs, leaves the responses to wrk (which counts statuses over 399 a
 non-2xx); each untimed warm-up counts every status in Lua, and the status counters
 of start/complete/fail are checked against the 2xx answers: non-2xx are flagged.
 Why: the generator's own work per request is part of every turn of wrk's closed
-loop (BENCHMARKS.md, "Why complete is short"). Each run also reports, from /proc/stat, the CPU the rest of the machine used
-meanwhile and the steal time: a run beside a busy neighbour says so.
+loop (BENCHMARKS.md, "Why complete is short"). Each run also reports, from
+/proc/stat, the CPU the rest of the machine used meanwhile and the steal time: a
+run beside a busy neighbour says so.
 
 An endpoint's ratio to bare is the median, over the repeats, of its run divided by
 the mean of the two bare runs around it. Why bracketed: on this shared machine the
